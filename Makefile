@@ -1,0 +1,33 @@
+# Two commands matter: `make run` and `make test`. Both set up their own virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= src/factorflow/examples/factorflow.example.toml
+
+.PHONY: run test lint typecheck unit bench clean services
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the service on the embedded default (SQLite, bundled example config, 127.0.0.1:8080).
+run: $(STAMP)
+	$(BIN)/factorflow serve --config $(CONFIG)
+
+## The whole test suite: lint, type check, tests (PostgreSQL is started if it is not running).
+test: $(STAMP) services
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+services:
+	@scripts/ensure-services
+
+bench: $(STAMP)
+	$(BIN)/python bench/receiver.py
+
+clean:
+	rm -rf $(VENV) factorflow-data .mypy_cache .ruff_cache .pytest_cache

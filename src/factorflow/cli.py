@@ -1,0 +1,232 @@
+"""The command line: parse, call a use-case, print. Nothing heavy is imported at module level."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from factorflow.errors import ConfigError, FactorflowError
+from factorflow.settings import Settings, load_settings
+
+CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), envvar="FACTORFLOW_CONFIG",
+    default=None, help="TOML config file (or FACTORFLOW_CONFIG). Without it: built-in defaults.",
+)
+
+
+def _settings(config_path: Path | None) -> Settings:
+    try:
+        return load_settings(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="factorflow")
+def main() -> None:
+    """factorflow: Okta MFA enrollment events in, reliable downstream work out."""
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--host", default=None, help="Override server.host.")
+@click.option("--port", type=int, default=None, help="Override server.port.")
+def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
+    """Run the receiver (hook endpoint, health and metrics)."""
+    import uvicorn
+
+    from factorflow.bootstrap import build_app
+    from factorflow.logs import configure_logging
+
+    settings = _settings(config_path)
+    configure_logging(settings.log.format, settings.log.level)
+    try:
+        app = build_app(settings)
+    except FactorflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    server_host = host or settings.server.host
+    server_port = port or settings.server.port
+    credentials_note = ""
+    if not (settings.hook.secret or settings.hook.secret_file):
+        credentials_note = (
+            f"; hook secret: generated, in {settings.data_dir / 'hook-secret'} (owner-only)"
+        )
+    click.echo(
+        f"factorflow listening on http://{server_host}:{server_port}{settings.hook.path} "
+        f"(store: {app.store.dialect}){credentials_note}",
+        err=True,
+    )
+    config = uvicorn.Config(
+        app, host=server_host, port=server_port, loop="auto", http="auto", lifespan="on",
+        access_log=False, log_config=None, server_header=False,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout_seconds),
+    )
+    uvicorn.Server(config).run()
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("check")
+@CONFIG_OPTION
+def config_check(config_path: Path | None) -> None:
+    """Validate the config file and environment; name any bad key and why."""
+    from factorflow.secrets_source import resolve_credentials
+    from factorflow.store.factory import open_store
+
+    settings = _settings(config_path)
+    try:
+        credentials = resolve_credentials(settings, generate=False)
+        source = "generated file" if credentials.generated_at else "configured"
+        click.echo(f"hook: {settings.hook.path}, header {settings.hook.auth_header!r}, "
+                   f"{len(credentials.accepted)} accepted secret(s) ({source})")
+    except ConfigError as exc:
+        if "none was generated yet" not in str(exc):
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"hook: {settings.hook.path}, header {settings.hook.auth_header!r}, "
+                   "secret will be generated on first start")
+    try:
+        store = open_store(settings.store_url(), migrate=False)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    store.close()
+    click.echo(f"store: {store.dialect}")
+    click.echo("configuration OK")
+
+
+@main.group()
+def events() -> None:
+    """Look at stored events."""
+
+
+@events.command("list")
+@CONFIG_OPTION
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def events_list(config_path: Path | None, limit: int, as_json: bool) -> None:
+    """Recent events: time, type, user, factor if known."""
+    import orjson
+
+    from factorflow.okta.summary import factor_of, user_of
+
+    store = _open(config_path)
+    rows = store.recent_events(limit)
+    store.close()
+    if not rows:
+        click.echo("no events stored yet")
+        return
+    for row in rows:
+        event = orjson.loads(row.raw)
+        user, factor = user_of(event), factor_of(event)
+        if as_json:
+            click.echo(orjson.dumps({
+                "uuid": row.uuid, "published": row.published, "received_at": row.received_at,
+                "event_type": row.event_type, "user": user, "factor": factor, "org": row.org,
+            }).decode())
+        else:
+            click.echo(f"{row.published:<25} {row.event_type:<35} {user or '-':<32} "
+                       f"{factor or '-'}")
+
+
+@events.command("quarantine")
+@CONFIG_OPTION
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@click.option("--raw", is_flag=True, help="Also print each entry's raw JSON.")
+def events_quarantine(config_path: Path | None, limit: int, raw: bool) -> None:
+    """Events kept aside with the reason they could not be stored as events."""
+    store = _open(config_path)
+    rows = store.quarantine(limit)
+    store.close()
+    if not rows:
+        click.echo("quarantine is empty")
+        return
+    for row in rows:
+        click.echo(f"{row.received_at}  {row.reason_code:<16} uuid={row.uuid or '-'}  "
+                   f"delivery={row.delivery_id or '-'}\n    {row.reason}")
+        if raw:
+            click.echo(f"    {row.raw.decode()}")
+
+
+@events.command("show")
+@CONFIG_OPTION
+@click.argument("uuid")
+def events_show(config_path: Path | None, uuid: str) -> None:
+    """Print one stored event's raw JSON and where it came from."""
+    import orjson
+
+    store = _open(config_path)
+    row = store.get_event(uuid)
+    store.close()
+    if row is None:
+        raise click.ClickException(f"no event with uuid {uuid}")
+    click.echo(orjson.dumps({
+        "uuid": row.uuid, "event_type": row.event_type, "published": row.published,
+        "received_at": row.received_at, "delivery_id": row.delivery_id, "hook_id": row.hook_id,
+        "org": row.org, "provenance": row.provenance, "raw": orjson.loads(row.raw),
+    }, option=orjson.OPT_INDENT_2).decode())
+
+
+@main.group()
+def deliveries() -> None:
+    """Look at the delivery ledger."""
+
+
+@deliveries.command("list")
+@CONFIG_OPTION
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+def deliveries_list(config_path: Path | None, limit: int) -> None:
+    """One row per hook request: its eventId and how many events were new or duplicates."""
+    store = _open(config_path)
+    rows = store.ledger(limit)
+    store.close()
+    if not rows:
+        click.echo("no deliveries yet")
+        return
+    for row in rows:
+        click.echo(f"{row.received_at}  {row.delivery_id or '-':<38} total={row.events_total} "
+                   f"new={row.events_new} duplicate={row.events_duplicate} "
+                   f"quarantined={row.events_quarantined}")
+
+
+@main.command("send-test")
+@CONFIG_OPTION
+@click.argument("url")
+@click.option("--keep-ids", is_flag=True,
+              help="Send the sample with its own ids (a second run shows de-duplication).")
+def send_test(config_path: Path | None, url: str, keep_ids: bool) -> None:
+    """Verify URL like Okta does, then post a sample MFA enrollment delivery to it."""
+    from factorflow.okta.sender import SendFailed, send_sample
+
+    settings = _settings(config_path)
+    from factorflow.secrets_source import resolve_credentials
+
+    try:
+        credentials = resolve_credentials(settings, generate=False)
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc} (start `factorflow serve` once first)") from None
+    sample = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json")
+    try:
+        for line in send_sample(url, credentials, sample.read_bytes(), fresh_ids=not keep_ids):
+            click.echo(line)
+    except SendFailed as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _open(config_path: Path | None) -> Any:
+    from factorflow.store.factory import open_store
+
+    settings = _settings(config_path)
+    try:
+        return open_store(settings.store_url())
+    except FactorflowError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The only code that knows Okta's JSON and API."""

@@ -1,0 +1,186 @@
+"""Parsing of Okta Event Hook deliveries.
+
+Lenient on purpose: Okta says ``debugData`` is not a contract, target order is not stable and
+Classic and Identity Engine orgs describe the same enrollment differently. We therefore keep each
+event's JSON exactly as received (unknown keys included) and check only what the store needs to
+key and order it: ``uuid``, ``eventType`` and ``published``. An event that lacks one of them is
+quarantined with a reason; its valid neighbours are stored, because Okta never redelivers a
+delivery that was answered with a 4xx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from factorflow.errors import RejectedDelivery
+
+HOOK_ENVELOPE_TYPE = "com.okta.event_hook"
+MAX_UUID_LENGTH = 200
+
+# Okta's wire format for timestamps: ISO 8601 with a "T" and an explicit zone. SIEM exports
+# reshape it ("2022-06-22 18:18:29.015", "redacted"); those are not Okta deliveries.
+_OKTA_TIMESTAMP = re.compile(
+    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})$"
+)
+_HOOK_ID = re.compile(r"/eventHooks/([^/?#\s]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """One System Log event as it arrived, with the few fields the store keys on."""
+
+    uuid: str
+    event_type: str
+    published: str
+    published_at: str | None  # normalised UTC, or None when Okta's value is no real date
+    raw: bytes  # the event's JSON, key order and unknown keys kept
+    content_hash: str  # sha256 of the canonical JSON, to tell a redelivery from a reused uuid
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedEvent:
+    """An event that cannot be stored as an event, kept raw with the reason."""
+
+    uuid: str | None
+    reason_code: str
+    reason: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedDelivery:
+    delivery_id: str | None
+    hook_id: str | None
+    event_time: str | None
+    events: tuple[IncomingEvent, ...]
+    quarantined: tuple[QuarantinedEvent, ...]
+
+
+def parse_delivery(body: bytes) -> ParsedDelivery:
+    """Parse a hook POST body; raise :class:`RejectedDelivery` (400) if it is not a delivery."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RejectedDelivery(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise RejectedDelivery(
+            400, "not_envelope", "body is JSON but not an object: expected an Okta event hook"
+        )
+    envelope_type = document.get("eventType")
+    if envelope_type != HOOK_ENVELOPE_TYPE:
+        raise RejectedDelivery(
+            400,
+            "not_envelope",
+            f"not an Okta event hook delivery: eventType is {_short(envelope_type)}, "
+            f"expected '{HOOK_ENVELOPE_TYPE}'",
+        )
+    data = document.get("data")
+    events = data.get("events") if isinstance(data, dict) else None
+    if not isinstance(events, list):
+        raise RejectedDelivery(
+            400, "not_envelope", "not an Okta event hook delivery: data.events must be an array"
+        )
+    stored: list[IncomingEvent] = []
+    quarantined: list[QuarantinedEvent] = []
+    for index, event in enumerate(events):
+        checked = check_event(event, index)
+        if isinstance(checked, IncomingEvent):
+            stored.append(checked)
+        else:
+            quarantined.append(checked)
+    return ParsedDelivery(
+        delivery_id=_optional_str(document.get("eventId")),
+        hook_id=hook_id_from_source(document.get("source")),
+        event_time=_optional_str(document.get("eventTime")),
+        events=tuple(stored),
+        quarantined=tuple(quarantined),
+    )
+
+
+def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
+    """Turn one element of ``data.events`` (or one System Log record) into an event or a
+    quarantine entry with the reason."""
+    if not isinstance(event, dict):
+        return QuarantinedEvent(
+            None, "not_object", f"events[{index}] is {type(event).__name__}, not an object",
+            orjson.dumps(event),
+        )
+    raw = orjson.dumps(event)
+    uuid = event.get("uuid")
+    uuid_key = uuid if isinstance(uuid, str) and uuid else None
+    problem = _missing_field(event)
+    if problem is not None:
+        code, reason = problem
+        return QuarantinedEvent(uuid_key, code, f"events[{index}]: {reason}", raw)
+    published: str = event["published"]
+    if not _OKTA_TIMESTAMP.match(published):
+        return QuarantinedEvent(
+            uuid_key,
+            "bad_published",
+            f"events[{index}]: published {_short(published)} is not an ISO 8601 timestamp "
+            "with a time zone, as Okta sends it",
+            raw,
+        )
+    assert uuid_key is not None  # _missing_field checked it
+    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    return IncomingEvent(
+        uuid=uuid_key,
+        event_type=event["eventType"],
+        published=published,
+        published_at=normalise_timestamp(published),
+        raw=raw,
+        content_hash=hashlib.sha256(canonical).hexdigest(),
+    )
+
+
+def _missing_field(event: dict[str, Any]) -> tuple[str, str] | None:
+    for field in ("uuid", "eventType", "published"):
+        value = event.get(field)
+        if value is None:
+            return f"missing_{field}", f"event has no {field}"
+        if not isinstance(value, str) or not value.strip():
+            return f"bad_{field}", f"{field} must be a non-empty string, got {_short(value)}"
+    if len(event["uuid"]) > MAX_UUID_LENGTH:
+        return "bad_uuid", f"uuid is longer than {MAX_UUID_LENGTH} characters"
+    return None
+
+
+def normalise_timestamp(value: str) -> str | None:
+    """Okta's timestamp as UTC with microseconds, or None when it names no real instant.
+
+    Published samples contain impossible dates ("2017-09-31"): the event is still kept, it just
+    has no sortable time.
+    """
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return format_utc(parsed)
+
+
+def format_utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def hook_id_from_source(source: Any) -> str | None:
+    if not isinstance(source, str):
+        return None
+    match = _HOOK_ID.search(source)
+    return match.group(1) if match else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,82 @@
+"""Resolving the hook credentials: configured values, files, or a generated secret."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from factorflow.errors import ConfigError
+from factorflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GENERATED_SECRET_FILE = "hook-secret"  # noqa: S105 (a file name, not a secret)
+
+
+@dataclass(frozen=True)
+class HookCredentials:
+    header: str
+    accepted: tuple[bytes, ...]  # current first, then the previous one during a rotation
+    generated_at: Path | None  # where a generated secret was kept, if it was generated
+
+    def __repr__(self) -> str:  # never show the values
+        return f"HookCredentials(header={self.header!r}, accepted=<{len(self.accepted)} hidden>)"
+
+
+def resolve_credentials(settings: Settings, *, generate: bool = True) -> HookCredentials:
+    """The accepted header values. Without a configured secret, one is generated once and kept
+    in the data directory, readable by its owner only: deliveries are never unauthenticated."""
+    hook = settings.hook
+    current = _one(hook.secret, hook.secret_file, "hook.secret")
+    previous = _one(hook.previous_secret, hook.previous_secret_file, "hook.previous_secret")
+    if current is None and previous is not None:
+        raise ConfigError("hook.previous_secret is set but hook.secret is not")
+    generated_at: Path | None = None
+    if current is None:
+        path = settings.data_dir / GENERATED_SECRET_FILE
+        if not path.exists() and not generate:
+            raise ConfigError("no hook secret is configured and none was generated yet")
+        current = _generated_secret(path)
+        generated_at = path
+    accepted = tuple(v.encode() for v in (current, previous) if v is not None)
+    return HookCredentials(header=hook.auth_header, accepted=accepted, generated_at=generated_at)
+
+
+def _one(value: SecretStr | None, path: Path | None, key: str) -> str | None:
+    if value is not None and path is not None:
+        raise ConfigError(f"{key} and {key}_file are both set; set one of them")
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file {path}: cannot read: {exc.strerror}") from None
+        if not text:
+            raise ConfigError(f"{key}_file {path} is empty")
+        return text
+    if value is not None:
+        text = value.get_secret_value()
+        if not text.strip():
+            raise ConfigError(f"{key} is empty")
+        return text
+    return None
+
+
+def _generated_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+    log.warning(
+        "hook.secret_generated",
+        extra={"fields": {"path": str(path), "hint": "configure this value in Okta"}},
+    )
+    return value
+

@@ -1,0 +1,128 @@
+"""One Settings object, built once (in the CLI) and passed down.
+
+Sources, highest priority first: environment variables ``FACTORFLOW_<SECTION>__<KEY>`` (for
+example ``FACTORFLOW_HOOK__SECRET``), then the TOML config file, then the defaults below.
+Secrets can come from the environment, from the file, or from a file named by ``*_file``; they
+are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from factorflow.errors import ConfigError
+
+ENV_PREFIX = "FACTORFLOW_"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    graceful_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class HookSettings(_Section):
+    path: str = "/hooks/okta"
+    org: str = Field("default", min_length=1, max_length=64)
+    auth_header: str = "Authorization"
+    secret: SecretStr | None = None
+    secret_file: Path | None = None
+    previous_secret: SecretStr | None = None
+    previous_secret_file: Path | None = None
+    max_body_bytes: int = Field(1_048_576, gt=0, le=64 * 1_048_576)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value or "#" in value or "//" in value:
+            raise ValueError("must be an absolute URL path such as /hooks/okta")
+        return value.rstrip("/") or "/"
+
+    @field_validator("auth_header")
+    @classmethod
+    def _header_is_a_token(cls, value: str) -> str:
+        if not _HEADER_NAME.match(value):
+            raise ValueError("must be a valid HTTP header name")
+        return value
+
+
+class StoreSettings(_Section):
+    url: str | None = Field(
+        None, description="sqlite:///path or postgresql://...; default: a file in data_dir"
+    )
+    max_batch: int = Field(256, ge=1, le=10_000)
+
+
+class LogSettings(_Section):
+    format: Literal["json", "text"] = "json"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    data_dir: Path = Path("factorflow-data")
+    server: ServerSettings = ServerSettings()
+    hook: HookSettings = HookSettings()
+    store: StoreSettings = StoreSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The config file arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'factorflow.db'}"
+
+
+def load_settings(config: Path | None) -> Settings:
+    """Read the config file (if any) and the environment; raise ConfigError naming bad keys."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = tomllib.loads(config.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{config}: cannot read: {exc.strerror}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, config)) from None
+
+
+def _describe(exc: ValidationError, config: Path | None) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors(include_input=False, include_url=False):
+        key = ".".join(str(part) for part in error["loc"])
+        env_name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
+        where = (
+            f"environment variable {env_name}" if env_name in os.environ
+            else (str(config) if config else "defaults")
+        )
+        lines.append(f"  {key}: {error['msg']} (from {where})")
+    return "\n".join(lines)

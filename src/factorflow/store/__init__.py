@@ -1,0 +1,1 @@
+"""Durable storage: the event ledger, the delivery ledger and the quarantine."""

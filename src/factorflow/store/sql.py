@@ -1,0 +1,295 @@
+"""The event store over a DB-API connection, shared by SQLite and PostgreSQL.
+
+Exactly-once rests on the database: ``uuid`` is UNIQUE and every insert is
+``ON CONFLICT (uuid) DO NOTHING``, so concurrent writers (several receivers on one PostgreSQL,
+or two requests in one batch) can race and still store each event once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from factorflow.errors import StoreUnavailable
+from factorflow.okta.payloads import format_utc
+from factorflow.store.base import (
+    UUID_CONFLICT,
+    DeliveryOutcome,
+    LedgerEntry,
+    QuarantineEntry,
+    Receipt,
+    StoredEvent,
+)
+from factorflow.store.migrations import available
+
+_EVENT_COLUMNS = (
+    "seq, uuid, event_type, published, received_at, delivery_id, hook_id, org, provenance, raw"
+)
+_QUARANTINE_COLUMNS = "id, received_at, delivery_id, hook_id, org, uuid, reason_code, reason, raw"
+_LEDGER_COLUMNS = (
+    "id, delivery_id, hook_id, org, received_at, events_total, events_new, events_duplicate, "
+    "events_quarantined"
+)
+
+
+class SqlEventStore:
+    """Subclasses open connections and set ``dialect``, ``placeholder`` and ``errors``."""
+
+    dialect: str
+    placeholder = "?"
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer: Any = None
+        self._reader: Any = None
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def migrate(self) -> list[int]:
+        """Apply the pending migrations; returns the versions applied."""
+        with self._write_lock:
+            conn = self._writer_connection()
+            cur = conn.cursor()
+            try:
+                self._begin(cur)
+                self._lock_for_migration(cur)
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                cur.execute("SELECT version FROM schema_migrations")
+                done = {row[0] for row in cur.fetchall()}
+                applied = []
+                for migration in available(self.dialect):
+                    if migration.version in done:
+                        continue
+                    self._run_script(cur, migration.sql)
+                    cur.execute(
+                        self._q(
+                            "INSERT INTO schema_migrations (version, name, applied_at) "
+                            "VALUES (?, ?, ?)"
+                        ),
+                        (migration.version, migration.name, _now()),
+                    )
+                    applied.append(migration.version)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            return applied
+
+    def schema_version(self) -> int:
+        rows = self._read("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", ())
+        return int(rows[0][0])
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def record(self, receipts: Sequence[Receipt]) -> list[DeliveryOutcome]:
+        with self._write_lock:
+            try:
+                conn = self._writer_connection()
+                cur = conn.cursor()
+                self._begin(cur)
+                outcomes = [self._record_one(cur, receipt) for receipt in receipts]
+                conn.commit()
+            except self.errors as exc:
+                self._discard_writer()
+                raise StoreUnavailable(
+                    f"{self.dialect} commit failed: {type(exc).__name__}"
+                ) from exc
+            return outcomes
+
+    def _record_one(self, cur: Any, receipt: Receipt) -> DeliveryOutcome:
+        delivery = receipt.delivery
+        new = duplicate = 0
+        quarantined = len(delivery.quarantined)
+        insert_event = self._q(
+            "INSERT INTO events (uuid, event_type, published, published_at, received_at, "
+            "delivery_id, hook_id, org, provenance, content_hash, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'hook', ?, ?) ON CONFLICT (uuid) DO NOTHING"
+        )
+        for event in delivery.events:
+            cur.execute(
+                insert_event,
+                (
+                    event.uuid, event.event_type, event.published, event.published_at,
+                    receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org,
+                    event.content_hash, event.raw.decode(),
+                ),
+            )
+            if cur.rowcount == 1:
+                new += 1
+                continue
+            cur.execute(
+                self._q("SELECT content_hash, received_at FROM events WHERE uuid = ?"),
+                (event.uuid,),
+            )
+            stored_hash, first_received = cur.fetchone()
+            if stored_hash == event.content_hash:
+                duplicate += 1
+                continue
+            quarantined += 1
+            self._insert_quarantine(
+                cur, receipt, event.uuid, UUID_CONFLICT,
+                f"uuid {event.uuid} is already stored with different content "
+                f"(first received {first_received}); the stored event is kept",
+                event.raw,
+            )
+        for entry in delivery.quarantined:
+            self._insert_quarantine(
+                cur, receipt, entry.uuid, entry.reason_code, entry.reason, entry.raw
+            )
+        cur.execute(
+            self._q(
+                "INSERT INTO deliveries (delivery_id, hook_id, org, received_at, event_time, "
+                "events_total, events_new, events_duplicate, events_quarantined) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            (
+                receipt.delivery_id, receipt.hook_id, receipt.org, receipt.received_at,
+                delivery.event_time, len(delivery.events) + len(delivery.quarantined),
+                new, duplicate, quarantined,
+            ),
+        )
+        return DeliveryOutcome(
+            total=len(delivery.events) + len(delivery.quarantined),
+            new=new, duplicate=duplicate, quarantined=quarantined,
+        )
+
+    def _insert_quarantine(
+        self, cur: Any, receipt: Receipt, uuid: str | None, code: str, reason: str, raw: bytes
+    ) -> None:
+        cur.execute(
+            self._q(
+                "INSERT INTO quarantine (received_at, delivery_id, hook_id, org, uuid, "
+                "reason_code, reason, raw) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            (
+                receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org, uuid,
+                code, reason, raw.decode(),
+            ),
+        )
+
+    def check_writable(self) -> None:
+        """Raise StoreUnavailable unless a write transaction can be opened now."""
+        with self._write_lock:
+            try:
+                conn = self._writer_connection()
+                cur = conn.cursor()
+                self._begin(cur)
+                cur.execute("SELECT 1 FROM schema_migrations LIMIT 1")
+                conn.rollback()
+            except self.errors as exc:
+                self._discard_writer()
+                raise StoreUnavailable(
+                    f"{self.dialect} not writable: {type(exc).__name__}"
+                ) from exc
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def recent_events(self, limit: int = 50) -> list[StoredEvent]:
+        rows = self._read(
+            f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?", (limit,)
+        )
+        return [_event(row) for row in rows]
+
+    def get_event(self, uuid: str) -> StoredEvent | None:
+        rows = self._read(f"SELECT {_EVENT_COLUMNS} FROM events WHERE uuid = ?", (uuid,))
+        return _event(rows[0]) if rows else None
+
+    def quarantine(self, limit: int = 50) -> list[QuarantineEntry]:
+        rows = self._read(
+            f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [
+            QuarantineEntry(
+                id=row[0], received_at=row[1], delivery_id=row[2], hook_id=row[3], org=row[4],
+                uuid=row[5], reason_code=row[6], reason=row[7], raw=row[8].encode(),
+            )
+            for row in rows
+        ]
+
+    def ledger(self, limit: int = 50) -> list[LedgerEntry]:
+        rows = self._read(
+            f"SELECT {_LEDGER_COLUMNS} FROM deliveries ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [LedgerEntry(*row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._read(
+            "SELECT (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM deliveries), "
+            "(SELECT COUNT(*) FROM quarantine)",
+            (),
+        )
+        events, deliveries, quarantined = rows[0]
+        return {"events": events, "deliveries": deliveries, "quarantined": quarantined}
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._discard_writer()
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        with self._read_lock:
+            if self._reader is None:
+                self._reader = self._connect()
+            conn = self._reader
+            try:
+                cur = conn.cursor()
+                cur.execute(self._q(sql), params)
+                rows = cur.fetchall()
+                conn.rollback()
+                return list(rows)
+            except self.errors as exc:
+                conn.close()
+                self._reader = None
+                raise StoreUnavailable(
+                    f"{self.dialect} read failed: {type(exc).__name__}"
+                ) from exc
+
+    def _writer_connection(self) -> Any:
+        if self._writer is None:
+            self._writer = self._connect()
+        return self._writer
+
+    def _discard_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(*self.errors):
+                self._writer.close()
+            self._writer = None
+
+    def _q(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _begin(self, cur: Any) -> None:
+        """Open a write transaction (subclasses choose how)."""
+
+    def _lock_for_migration(self, cur: Any) -> None:
+        """Serialise migrations across processes (subclasses choose how)."""
+
+    def _run_script(self, cur: Any, script: str) -> None:
+        for statement in script.split(";"):
+            if statement.strip():
+                cur.execute(statement)
+
+
+def _event(row: Any) -> StoredEvent:
+    return StoredEvent(
+        seq=row[0], uuid=row[1], event_type=row[2], published=row[3], received_at=row[4],
+        delivery_id=row[5], hook_id=row[6], org=row[7], provenance=row[8], raw=row[9].encode(),
+    )
+
+
+def _now() -> str:
+    return format_utc(datetime.now(UTC))

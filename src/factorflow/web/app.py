@@ -1,0 +1,89 @@
+"""The ASGI application: hook paths go straight to their endpoint (the hot path skips routing);
+everything else goes to a Starlette app (health, metrics, and later the dashboard)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from factorflow.errors import StoreUnavailable
+from factorflow.store.group_commit import GroupCommitter
+from factorflow.store.migrations import latest_version
+from factorflow.store.sql import SqlEventStore
+from factorflow.web.hooks import HookEndpoint, Receive, Scope, Send
+from factorflow.web.metrics import ReceiverMetrics
+
+log = logging.getLogger(__name__)
+
+
+class FactorflowApp:
+    def __init__(
+        self,
+        *,
+        store: SqlEventStore,
+        committer: GroupCommitter,
+        metrics: ReceiverMetrics,
+        hooks: dict[str, HookEndpoint],
+    ) -> None:
+        self.store = store
+        self.committer = committer
+        self.metrics = metrics
+        self.hooks = hooks
+        self.ready = False
+        self._rest = Starlette(
+            routes=[
+                Route("/healthz", self._healthz),
+                Route("/readyz", self._readyz),
+                Route("/metrics", self._metrics),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.hooks.get(scope["path"].rstrip("/") or "/")
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self._rest(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.committer.start()
+        self.ready = True
+        log.info("receiver.started", extra={"fields": {"hook_paths": sorted(self.hooks)}})
+        try:
+            yield
+        finally:
+            self.ready = False
+            # The server has stopped taking requests; commit what is queued, then close.
+            await self.committer.close()
+            self.store.close()
+            log.info("receiver.stopped", extra={"fields": {"committed": self.committer.committed}})
+
+    async def _healthz(self, _request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def _readyz(self, _request: Request) -> Response:
+        checks: dict[str, str] = {"receiver": "ok" if self.ready else "stopped"}
+        try:
+            self.store.check_writable()
+            current = self.store.schema_version()
+            expected = latest_version(self.store.dialect)
+            checks["store"] = "ok"
+            checks["migrations"] = "ok" if current == expected else f"at {current}, need {expected}"
+        except StoreUnavailable as exc:
+            checks["store"] = str(exc)
+        ok = all(value == "ok" for value in checks.values())
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    async def _metrics(self, _request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

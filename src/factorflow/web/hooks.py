@@ -1,0 +1,229 @@
+"""The Okta Event Hook endpoint, written against raw ASGI: it is the hot path.
+
+Order of checks: method, credential (401 before anything is read), content type (415), size
+(413), envelope (400). Then the events are committed durably through the group committer and
+only then acknowledged with 204; if the commit failed we answer 503 so Okta retries once.
+No outbound call is made while Okta waits.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from factorflow.errors import RejectedDelivery, StoreUnavailable
+from factorflow.okta.payloads import format_utc, parse_delivery
+from factorflow.secrets_source import HookCredentials
+from factorflow.store.base import Receipt
+from factorflow.store.group_commit import GroupCommitter
+from factorflow.web.metrics import ReceiverMetrics
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CHALLENGE_HEADER = b"x-okta-verification-challenge"
+MAX_CHALLENGE_LENGTH = 1024
+RESULT_HEADER = b"factorflow-result"
+
+
+class HookEndpoint:
+    def __init__(
+        self,
+        *,
+        org: str,
+        credentials: HookCredentials,
+        committer: GroupCommitter,
+        metrics: ReceiverMetrics,
+        max_body_bytes: int,
+    ) -> None:
+        self.org = org
+        self._header = credentials.header.lower().encode("latin-1")
+        self._accepted = credentials.accepted
+        self._committer = committer
+        self._metrics = metrics
+        self._max_body = max_body_bytes
+        self._ack_latency = metrics.ack_latency.labels(org)
+        self._deliveries = metrics.deliveries.labels(org)
+        self._events = {
+            r: metrics.events.labels(org, r) for r in ("new", "duplicate", "quarantined")
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            await _respond(send, 405, _error("method_not_allowed", "use GET or POST"),
+                           extra=[(b"allow", b"GET, POST")])
+            self._metrics.rejected.labels(self.org, "method").inc()
+            return
+        headers = _headers(scope)
+        if not self._authenticated(headers.get(self._header)):
+            self._metrics.rejected.labels(self.org, "auth").inc()
+            client = scope.get("client")
+            log.warning(
+                "hook.auth_failed",
+                extra={"fields": {
+                    "org": self.org, "method": method,
+                    "credential_present": self._header in headers,
+                    "client": client[0] if client else None,
+                }},
+            )
+            await _respond(send, 401, _error("unauthorized", "authentication required"))
+            return
+        if method == "GET":
+            await self._verify(headers.get(CHALLENGE_HEADER), send)
+            return
+        try:
+            await self._deliver(headers, receive, send, started)
+        except RejectedDelivery as rejected:
+            self._metrics.rejected.labels(self.org, rejected.code).inc()
+            log.info("hook.rejected", extra={"fields": {
+                "org": self.org, "status": rejected.status, "reason": rejected.code,
+                "detail": rejected.message,
+            }})
+            await _respond(send, rejected.status, _error(rejected.code, rejected.message))
+
+    def _authenticated(self, presented: bytes | None) -> bool:
+        if presented is None:
+            return False
+        # Compare against every accepted value, without stopping early, in constant time.
+        matched = False
+        for accepted in self._accepted:
+            matched |= hmac.compare_digest(presented, accepted)
+        return matched
+
+    async def _verify(self, challenge: bytes | None, send: Send) -> None:
+        if not challenge:
+            self._metrics.rejected.labels(self.org, "no_challenge").inc()
+            await _respond(send, 400, _error(
+                "missing_challenge",
+                "GET is Okta's one-time verification request and needs the "
+                "X-Okta-Verification-Challenge header; deliveries are POSTs",
+            ))
+            return
+        if len(challenge) > MAX_CHALLENGE_LENGTH:
+            await _respond(send, 400, _error("bad_challenge", "verification challenge too long"))
+            return
+        self._metrics.verifications.labels(self.org).inc()
+        log.info("hook.verified", extra={"fields": {"org": self.org}})
+        body = orjson.dumps({"verification": challenge.decode("latin-1")})
+        await _respond(send, 200, body)
+
+    async def _deliver(
+        self, headers: dict[bytes, bytes], receive: Receive, send: Send, started: float
+    ) -> None:
+        _check_content_type(headers.get(b"content-type"))
+        body = await _read_body(headers, receive, self._max_body)
+        delivery = parse_delivery(body)
+        receipt = Receipt(
+            delivery_id=delivery.delivery_id,
+            hook_id=delivery.hook_id,
+            received_at=format_utc(datetime.now(UTC)),
+            org=self.org,
+            delivery=delivery,
+        )
+        try:
+            outcome = await self._committer.submit(receipt)
+        except StoreUnavailable as exc:
+            self._metrics.rejected.labels(self.org, "store_unavailable").inc()
+            log.error("hook.store_failed", extra={"fields": {
+                "org": self.org, "delivery_id": delivery.delivery_id, "error": str(exc),
+            }})
+            await _respond(send, 503, _error(
+                "store_unavailable", "events could not be stored; retry later"
+            ), extra=[(b"retry-after", b"1")])
+            return
+        self._deliveries.inc()
+        self._events["new"].inc(outcome.new)
+        self._events["duplicate"].inc(outcome.duplicate)
+        self._events["quarantined"].inc(outcome.quarantined)
+        result = (
+            f"new={outcome.new} duplicate={outcome.duplicate} quarantined={outcome.quarantined}"
+        )
+        await send({
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [(RESULT_HEADER, result.encode())],
+        })
+        await send({"type": "http.response.body", "body": b""})
+        elapsed = time.perf_counter() - started
+        self._ack_latency.observe(elapsed)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("hook.stored", extra={"fields": {
+                "org": self.org, "delivery_id": delivery.delivery_id,
+                "uuids": [e.uuid for e in delivery.events], "result": result,
+            }})
+        if outcome.quarantined:
+            log.warning("hook.quarantined", extra={"fields": {
+                "org": self.org, "delivery_id": delivery.delivery_id,
+                "count": outcome.quarantined,
+            }})
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    # ASGI servers give lower-cased names; the first occurrence wins.
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        found.setdefault(name, value)
+    return found
+
+
+def _check_content_type(value: bytes | None) -> None:
+    media_type = (value or b"").split(b";", 1)[0].strip().lower()
+    if media_type != b"application/json":
+        shown = media_type.decode("latin-1")[:60] or "none"
+        raise RejectedDelivery(
+            415, "unsupported_media_type",
+            f"Content-Type must be application/json (got {shown})",
+        )
+
+
+async def _read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        try:
+            declared_size = int(declared)
+        except ValueError:
+            raise RejectedDelivery(400, "bad_length", "Content-Length is not a number") from None
+        if declared_size > limit:
+            raise RejectedDelivery(
+                413, "too_large", f"body of {declared_size} bytes exceeds the limit of {limit}"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RejectedDelivery(400, "client_disconnected", "client went away mid-body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RejectedDelivery(413, "too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _error(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": code, "message": message})
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
