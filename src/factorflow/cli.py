@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -63,9 +66,18 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     config = uvicorn.Config(
         app, host=server_host, port=server_port, loop="auto", http="auto", lifespan="on",
         access_log=False, log_config=None, server_header=False,
-        timeout_graceful_shutdown=int(settings.server.graceful_timeout_seconds),
+        # uvicorn takes whole seconds; truncating 0.5 to 0 would cancel requests in flight.
+        timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout_seconds),
     )
+    # uvicorn shuts down gracefully on SIGTERM and then raises SIGTERM again, which would end
+    # the process as "killed by SIGTERM" (143) after every request was answered and the store
+    # closed. A completed graceful shutdown exits 0, so supervisors can tell it from a crash.
+    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     uvicorn.Server(config).run()
+
+
+def _exit_after_graceful_shutdown(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 @main.group()
@@ -216,6 +228,45 @@ def send_test(config_path: Path | None, url: str, keep_ids: bool) -> None:
             click.echo(line)
     except SendFailed as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command("facts")
+@click.argument("export", type=click.File("rb"))
+@click.option("--org", default="default", show_default=True, help="Org name to file them under.")
+def facts(export: Any, org: str) -> None:
+    """Print the normalised fact of each event in a System Log export (a JSON array or one
+    event per line), one JSON object per line. Field names: docs/facts.md."""
+    import orjson
+
+    from factorflow.okta.translate import to_fact
+
+    for event in _read_export(export.read()):
+        if not isinstance(event, dict):
+            click.echo(orjson.dumps({"error": "not an event object"}).decode())
+            continue
+        click.echo(orjson.dumps(to_fact(event, org=org).to_dict()).decode())
+
+
+def _read_export(data: bytes) -> list[Any]:
+    """A JSON array, a single object, or NDJSON; a bad line is reported, not fatal."""
+    import orjson
+
+    stripped = data.strip()
+    if stripped.startswith(b"["):
+        try:
+            loaded = orjson.loads(stripped)
+        except orjson.JSONDecodeError as exc:
+            raise click.ClickException(f"export is not valid JSON: {exc}") from None
+        return list(loaded)
+    events: list[Any] = []
+    for number, line in enumerate(stripped.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            click.echo(f"line {number}: not valid JSON: {exc}", err=True)
+    return events
 
 
 def _open(config_path: Path | None) -> Any:

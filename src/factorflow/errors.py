@@ -25,3 +25,27 @@ class StoreUnavailable(FactorflowError):
 
 class ConfigError(FactorflowError):
     """The configuration is invalid; the message names the key and why."""
+
+
+class ActionError(FactorflowError):
+    """An action could not be carried out."""
+
+
+class TransientActionError(ActionError):
+    """Worth retrying: timeouts, connection errors, 429 (``retry_after`` seconds), 5xx."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentActionError(ActionError):
+    """Retrying will not help (other 4xx, invalid configuration): dead-letter it."""
+
+
+class InvalidRules(FactorflowError):
+    """The rules file is invalid; ``problems`` each name the file, the rule and the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -65,6 +65,48 @@ class StoreSettings(_Section):
     max_batch: int = Field(256, ge=1, le=10_000)
 
 
+class RetryPolicySettings(_Section):
+    max_attempts: int = Field(6, ge=1, le=100)
+    initial_seconds: float = Field(2.0, ge=0)
+    max_seconds: float = Field(600.0, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+
+
+class PipelineSettings(_Section):
+    rules_file: Path | None = Field(
+        None, description="YAML rules; without one every fact is stored for reporting"
+    )
+    directory_file: Path | None = Field(
+        None, description="YAML or CSV export of users, their attributes and groups"
+    )
+    event_types: tuple[str, ...] = (
+        "user.mfa.factor.activate",
+        "user.mfa.factor.deactivate",
+        "user.mfa.factor.reset_all",
+        "user.mfa.factor.suspend",
+        "user.mfa.factor.unsuspend",
+        "user.mfa.factor.update",
+    )
+    own_actor_ids: tuple[str, ...] = Field(
+        (), description="factorflow's own Okta service account / app ids: their events loop"
+    )
+    retry: dict[str, RetryPolicySettings] = Field(
+        default_factory=dict, description="per action kind; the key 'default' applies to all"
+    )
+
+
+class WorkflowSettings(_Section):
+    enabled: bool = True
+    system_database_url: str | None = Field(
+        None, description="DBOS system database; default: a SQLite file in data_dir"
+    )
+    executor_id: str = Field("local", min_length=1, max_length=128)
+    application_version: str = Field("1", min_length=1, max_length=64)
+    worker_concurrency: int = Field(4, ge=1, le=256)
+    relay_interval_seconds: float = Field(0.5, gt=0, le=60)
+    queue_polling_seconds: float = Field(0.2, gt=0, le=60)
+
+
 class LogSettings(_Section):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -79,6 +121,8 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     hook: HookSettings = HookSettings()
     store: StoreSettings = StoreSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    workflows: WorkflowSettings = WorkflowSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -95,6 +139,9 @@ class Settings(BaseSettings):
 
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.data_dir / 'factorflow.db'}"
+
+    def workflow_db_url(self) -> str:
+        return self.workflows.system_database_url or f"sqlite:///{self.data_dir / 'dbos.sqlite'}"
 
 
 def load_settings(config: Path | None) -> Settings:

@@ -119,7 +119,7 @@ def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
         code, reason = problem
         return QuarantinedEvent(uuid_key, code, f"events[{index}]: {reason}", raw)
     published: str = event["published"]
-    if not _OKTA_TIMESTAMP.match(published):
+    if not _OKTA_TIMESTAMP.fullmatch(published):
         return QuarantinedEvent(
             uuid_key,
             "bad_published",
@@ -167,7 +167,13 @@ def normalise_timestamp(value: str) -> str | None:
 
 
 def format_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``: fixed width, so the text sorts as the time does.
+
+    isoformat rather than strftime: it is on the hook's hot path (twice per event) and takes
+    half the time, and it zero-pads years before 1000, which strftime does not.
+    """
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def hook_id_from_source(source: Any) -> str | None:

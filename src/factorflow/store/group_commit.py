@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,8 +32,15 @@ class _Pending:
 
 
 class GroupCommitter:
-    def __init__(self, store: RecordingStore, *, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        store: RecordingStore,
+        *,
+        max_batch: int = 256,
+        on_new_events: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
+        self._on_new_events = on_new_events
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factorflow-commit")
@@ -101,6 +108,8 @@ class GroupCommitter:
         self.committed += len(batch)
         for pending, outcome in zip(batch, outcomes, strict=True):
             _settle(pending, outcome)
+        if self._on_new_events is not None and any(outcome.new for outcome in outcomes):
+            self._on_new_events()
 
 
 def _settle(pending: _Pending, result: DeliveryOutcome | BaseException) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,7 +96,7 @@ class SqlEventStore:
                 conn = self._writer_connection()
                 cur = conn.cursor()
                 self._begin(cur)
-                outcomes = [self._record_one(cur, receipt) for receipt in receipts]
+                outcomes = self._record_batch(cur, receipts)
                 conn.commit()
             except self.errors as exc:
                 self._discard_writer()
@@ -105,16 +105,30 @@ class SqlEventStore:
                 ) from exc
             return outcomes
 
-    def _record_one(self, cur: Any, receipt: Receipt) -> DeliveryOutcome:
-        delivery = receipt.delivery
-        new = duplicate = 0
-        quarantined = len(delivery.quarantined)
+    def _record_batch(self, cur: Any, receipts: Sequence[Receipt]) -> list[DeliveryOutcome]:
+        """Insert the events of every receipt, then its quarantine entries and ledger row.
+
+        The events of the whole batch are inserted in uuid order. Two writers inserting
+        overlapping uuids (two receivers on one PostgreSQL) then wait for each other in one
+        direction only: in arrival order they could each hold a uuid the other needs next and
+        deadlock. Within a batch each uuid still goes to its first copy in arrival order;
+        the events of one commit take their ``seq`` in uuid order.
+        """
         insert_event = self._q(
             "INSERT INTO events (uuid, event_type, published, published_at, received_at, "
             "delivery_id, hook_id, org, provenance, content_hash, raw) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'hook', ?, ?) ON CONFLICT (uuid) DO NOTHING"
         )
-        for event in delivery.events:
+        order = sorted(
+            (event.uuid, r, e)
+            for r, receipt in enumerate(receipts)
+            for e, event in enumerate(receipt.delivery.events)
+        )
+        # (receipt, event) -> None if new, the stored copy's (content_hash, received_at) if not
+        taken: dict[tuple[int, int], tuple[str, str] | None] = {}
+        for _, r, e in order:
+            receipt = receipts[r]
+            event = receipt.delivery.events[e]
             cur.execute(
                 insert_event,
                 (
@@ -124,13 +138,32 @@ class SqlEventStore:
                 ),
             )
             if cur.rowcount == 1:
-                new += 1
+                taken[r, e] = None
                 continue
             cur.execute(
                 self._q("SELECT content_hash, received_at FROM events WHERE uuid = ?"),
                 (event.uuid,),
             )
             stored_hash, first_received = cur.fetchone()
+            taken[r, e] = (stored_hash, first_received)
+        return [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
+
+    def _record_one(
+        self,
+        cur: Any,
+        receipt: Receipt,
+        index: int,
+        taken: dict[tuple[int, int], tuple[str, str] | None],
+    ) -> DeliveryOutcome:
+        delivery = receipt.delivery
+        new = duplicate = 0
+        quarantined = len(delivery.quarantined)
+        for e, event in enumerate(delivery.events):
+            stored = taken[index, e]
+            if stored is None:
+                new += 1
+                continue
+            stored_hash, first_received = stored
             if stored_hash == event.content_hash:
                 duplicate += 1
                 continue
@@ -238,6 +271,39 @@ class SqlEventStore:
                 self._reader.close()
                 self._reader = None
 
+    # -- for the other ledgers (pipeline, actions) sharing this database -----------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Cursor]:
+        """One write transaction: commits on exit, rolls back on error.
+
+        Database errors become StoreUnavailable, so callers handle one exception type.
+        """
+        with self._write_lock:
+            try:
+                conn = self._writer_connection()
+                cur = conn.cursor()
+                self._begin(cur)
+            except self.errors as exc:
+                self._discard_writer()
+                raise StoreUnavailable(f"{self.dialect} unavailable: {type(exc).__name__}") from exc
+            try:
+                yield Cursor(cur, self._q)
+                conn.commit()
+            except self.errors as exc:
+                self._discard_writer()
+                raise StoreUnavailable(
+                    f"{self.dialect} write failed: {type(exc).__name__}"
+                ) from exc
+            except BaseException:
+                with contextlib.suppress(*self.errors):
+                    conn.rollback()
+                raise
+
+    def read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows of one query (``?`` placeholders in either dialect)."""
+        return self._read(sql, params)
+
     # -- plumbing -------------------------------------------------------------------------
 
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -265,6 +331,10 @@ class SqlEventStore:
 
     def _discard_writer(self) -> None:
         if self._writer is not None:
+            # Roll back first: closing alone leaves a failed transaction (and SQLite's write
+            # lock) open for as long as a traceback still references one of its cursors.
+            with contextlib.suppress(*self.errors):
+                self._writer.rollback()
             with contextlib.suppress(*self.errors):
                 self._writer.close()
             self._writer = None
@@ -293,3 +363,25 @@ def _event(row: Any) -> StoredEvent:
 
 def _now() -> str:
     return format_utc(datetime.now(UTC))
+
+
+class Cursor:
+    """A DB-API cursor that takes ``?`` placeholders in both dialects."""
+
+    def __init__(self, cursor: Any, translate: Callable[[str], str]) -> None:
+        self._cursor = cursor
+        self._translate = translate
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Cursor:
+        self._cursor.execute(self._translate(sql), params)
+        return self
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return list(self._cursor.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)

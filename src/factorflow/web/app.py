@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +25,14 @@ from factorflow.web.metrics import ReceiverMetrics
 log = logging.getLogger(__name__)
 
 
+class BackgroundService(Protocol):
+    """Something that runs beside the receiver in the same process (the workflow worker)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class FactorflowApp:
     def __init__(
         self,
@@ -31,8 +41,10 @@ class FactorflowApp:
         committer: GroupCommitter,
         metrics: ReceiverMetrics,
         hooks: dict[str, HookEndpoint],
+        background: BackgroundService | None = None,
     ) -> None:
         self.store = store
+        self.background = background
         self.committer = committer
         self.metrics = metrics
         self.hooks = hooks
@@ -57,6 +69,8 @@ class FactorflowApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.committer.start()
+        if self.background is not None:
+            await anyio.to_thread.run_sync(self.background.start)
         self.ready = True
         log.info("receiver.started", extra={"fields": {"hook_paths": sorted(self.hooks)}})
         try:
@@ -65,6 +79,8 @@ class FactorflowApp:
             self.ready = False
             # The server has stopped taking requests; commit what is queued, then close.
             await self.committer.close()
+            if self.background is not None:
+                await anyio.to_thread.run_sync(self.background.stop)
             self.store.close()
             log.info("receiver.stopped", extra={"fields": {"committed": self.committer.committed}})
 

@@ -1,0 +1,1 @@
+"""Use-cases over narrow ports: normalise, screen, decide, act."""

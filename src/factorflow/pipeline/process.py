@@ -1,0 +1,232 @@
+"""The pipeline's steps for one stored event: prepare (normalise + screen), enrich, decide, act.
+
+Each method is one unit of durable work: the workflow engine runs it as a step and records its
+result, so after a crash it is either re-run as a whole or not at all. Facts are rebuilt from the
+stored raw event each time (``to_fact`` is deterministic), so nothing but small JSON crosses the
+step boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from factorflow.domain.actions import (
+    ActionOutcome,
+    ActionRequest,
+    Enrichment,
+    OutcomeStatus,
+)
+from factorflow.domain.facts import Fact
+from factorflow.errors import FactorflowError, PermanentActionError, TransientActionError
+from factorflow.okta.payloads import format_utc
+from factorflow.okta.translate import to_fact
+from factorflow.pipeline.ports import (
+    ActionLedger,
+    Decide,
+    Enricher,
+    EventSource,
+    FactLedger,
+    Handler,
+)
+from factorflow.pipeline.screening import ScreenPolicy, screen, twin_family
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+FILTERED = "filtered"
+MISSING = "missing"
+
+
+class EventMissing(FactorflowError):
+    """A workflow was started for a uuid that is not in the store."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    ok: bool
+    transient: bool
+    status: str
+    detail: str
+    reference: str | None = None
+    retry_after: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "transient": self.transient, "status": self.status,
+                "detail": self.detail, "reference": self.reference,
+                "retry_after": self.retry_after}
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        events: EventSource,
+        facts: FactLedger,
+        actions: ActionLedger,
+        policy: ScreenPolicy,
+        decide: Decide,
+        enricher: Enricher,
+        handlers: Mapping[str, Handler],
+    ) -> None:
+        self.events = events
+        self.facts = facts
+        self.actions = actions
+        self.policy = policy
+        self.decide_with = decide
+        self.enricher = enricher
+        self.handlers = handlers
+
+    def fact_of(self, uuid: str) -> Fact:
+        found = self.events.event_json(uuid)
+        if found is None:
+            raise EventMissing(f"event {uuid} is not stored")
+        event, org, received_at = found
+        return to_fact(event, org=org, received_at=received_at)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def prepare(self, uuid: str) -> dict[str, Any]:
+        """Normalise and screen; the fact is saved with its status either way."""
+        try:
+            fact = self.fact_of(uuid)
+        except EventMissing as exc:
+            return {"status": MISSING, "reason": str(exc)}
+        reason = screen(fact, self.policy)
+        if reason is None:
+            reason = self._twin_reason(fact)
+        status = READY if reason is None else FILTERED
+        self.facts.save_fact(fact, "pending" if status == READY else FILTERED, reason)
+        if reason is not None:
+            self.facts.record_decision(uuid, "screen", FILTERED, reason, {}, {"filtered": reason})
+        return {"status": status, "reason": reason}
+
+    def _twin_reason(self, fact: Fact) -> str | None:
+        family = twin_family(fact)
+        if family is None or fact.user is None or fact.user.id is None:
+            return None
+        owner = self.facts.claim_twin(fact.user.id, fact.published, family, fact.uuid)
+        if owner == fact.uuid:
+            return None
+        return f"twin of {owner}: one {family} enrollment reported as SMS and voice"
+
+    def enrich(self, uuid: str) -> dict[str, Any]:
+        """The snapshot the decision will use; raises TransientActionError to be retried."""
+        fact = self.fact_of(uuid)
+        enrichment = self.enricher.lookup(fact.user)
+        return enrichment_to_dict(enrichment)
+
+    def decide(self, uuid: str, run_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+        """Evaluate the rules, apply suppression windows, record the decision; return the
+        action requests to carry out."""
+        fact = self.fact_of(uuid)
+        enrichment = enrichment_from_dict(snapshot)
+        recent = []
+        if fact.user is not None and fact.user.id and fact.published_at:
+            until = fact.published_at
+            since = _shift(until, -self.decide_with.lookback_hours)
+            recent = self.facts.recent_events(fact.user.id, since, until, exclude=uuid)
+        plan = self.decide_with(fact, enrichment, recent)
+        suppressed: dict[str, str] = {}
+        for window in plan.suppressions:
+            holder = self.facts.suppress(
+                window.rule_id, window.key, fact.published_at or fact.received_at or "",
+                window.window_hours, uuid,
+            )
+            if holder is not None:
+                suppressed[window.rule_id] = holder
+        to_run = []
+        for request in plan.actions:
+            holder = suppressed.get(request.rule_id)
+            if holder is None:
+                to_run.append(request_to_dict(request))
+                continue
+            self.actions.record_result(request, uuid, ActionOutcome(
+                OutcomeStatus.SUPPRESSED,
+                f"suppressed: rule {request.rule_id} already acted for {holder} in its window",
+                attempts=0,
+            ))
+        record = {**plan.record, "suppressed": suppressed}
+        self.facts.record_decision(uuid, run_id, "decided", None, snapshot, record)
+        self.facts.save_fact(fact, "decided", None)
+        return to_run
+
+    def attempt(self, uuid: str, request_data: dict[str, Any], attempt: int) -> dict[str, Any]:
+        """One try of one action; never raises for the action's own failures."""
+        request = request_from_dict(request_data)
+        previous = self.actions.result_of(request.idempotency_key)
+        if previous is not None and previous.status in (
+            OutcomeStatus.DONE, OutcomeStatus.ALREADY_DONE
+        ):
+            return AttemptResult(True, False, OutcomeStatus.ALREADY_DONE.value,
+                                 f"already done: {previous.detail}", previous.reference).to_dict()
+        handler = self.handlers.get(request.kind)
+        if handler is None:
+            result = AttemptResult(False, False, "permanent",
+                                   f"no handler is configured for action kind {request.kind!r}")
+        else:
+            result = self._perform(handler, request, uuid)
+        label = "ok" if result.ok else ("transient" if result.transient else "permanent")
+        self.actions.record_attempt(request, uuid, attempt, label, result.detail)
+        if result.ok:
+            self.actions.record_result(request, uuid, ActionOutcome(
+                OutcomeStatus(result.status), result.detail, result.reference, attempt
+            ))
+        return result.to_dict()
+
+    def _perform(self, handler: Handler, request: ActionRequest, uuid: str) -> AttemptResult:
+        try:
+            outcome = handler.perform(request, self.fact_of(uuid))
+        except TransientActionError as exc:
+            return AttemptResult(False, True, "transient", str(exc), retry_after=exc.retry_after)
+        except PermanentActionError as exc:
+            return AttemptResult(False, False, "permanent", str(exc))
+        except Exception as exc:  # a handler bug: retried, then dead-lettered with its type
+            log.exception("action.crashed", extra={"fields": {
+                "event_uuid": uuid, "kind": request.kind, "rule_id": request.rule_id,
+            }})
+            return AttemptResult(False, True, "transient", f"unexpected {type(exc).__name__}")
+        return AttemptResult(True, False, outcome.status.value, outcome.detail, outcome.reference)
+
+    def dead_letter(
+        self, uuid: str, request_data: dict[str, Any], reason: str, attempts: int
+    ) -> int:
+        request = request_from_dict(request_data)
+        self.actions.record_result(request, uuid, ActionOutcome(
+            OutcomeStatus.DEAD, reason, attempts=attempts
+        ))
+        return self.actions.dead_letter(request, uuid, reason, attempts)
+
+
+def request_to_dict(request: ActionRequest) -> dict[str, Any]:
+    return {"rule_id": request.rule_id, "action_id": request.action_id, "kind": request.kind,
+            "params": dict(request.params), "idempotency_key": request.idempotency_key}
+
+
+def request_from_dict(data: Mapping[str, Any]) -> ActionRequest:
+    return ActionRequest(rule_id=data["rule_id"], action_id=data["action_id"], kind=data["kind"],
+                         params=dict(data["params"]), idempotency_key=data["idempotency_key"])
+
+
+def enrichment_to_dict(enrichment: Enrichment) -> dict[str, Any]:
+    return {"source": enrichment.source, "found": enrichment.found,
+            "profile": dict(enrichment.profile), "groups": [dict(g) for g in enrichment.groups],
+            "factors": [dict(f) for f in enrichment.factors], "fetched_at": enrichment.fetched_at}
+
+
+def enrichment_from_dict(data: Mapping[str, Any]) -> Enrichment:
+    return Enrichment(
+        source=str(data.get("source", "none")), found=bool(data.get("found", False)),
+        profile=dict(data.get("profile", {})),
+        groups=tuple(dict(g) for g in data.get("groups", ())),
+        factors=tuple(dict(f) for f in data.get("factors", ())),
+        fetched_at=data.get("fetched_at"),
+    )
+
+
+def _shift(timestamp: str, hours: float) -> str:
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return format_utc(moment + timedelta(hours=hours))

@@ -1,0 +1,1 @@
+"""The durable workflow engine adapter (DBOS): one workflow per event, id = event uuid."""
