@@ -309,7 +309,12 @@ class SqlEventStore:
     def _read(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
         with self._read_lock:
             if self._reader is None:
-                self._reader = self._connect()
+                try:
+                    self._reader = self._connect()
+                except self.errors as exc:
+                    raise StoreUnavailable(
+                        f"{self.dialect} unavailable: {type(exc).__name__}"
+                    ) from exc
             conn = self._reader
             try:
                 cur = conn.cursor()
