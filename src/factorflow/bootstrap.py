@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from factorflow.secrets_source import HookCredentials, resolve_credentials
 from factorflow.settings import Settings
 from factorflow.store.factory import open_store
@@ -12,18 +14,26 @@ from factorflow.web.hooks import HookEndpoint
 from factorflow.web.metrics import ReceiverMetrics
 
 
-def build_app(settings: Settings, store: SqlEventStore | None = None) -> FactorflowApp:
-    """Resolve credentials, open (and migrate) the store and assemble the ASGI app.
+def build_app(
+    settings: Settings, store: SqlEventStore | None = None, *, worker: bool = False
+) -> FactorflowApp:
+    """Resolve credentials, open (and migrate) the store and assemble the ASGI app; with
+    ``worker`` the workflow worker runs in the same process (started with the app).
 
-    Raises ConfigError before anything listens if the configuration cannot work.
+    Raises ConfigError / InvalidRules before anything listens if the configuration cannot work.
     """
     credentials = resolve_credentials(settings)
     store = store or open_store(settings.store_url())
-    committer = GroupCommitter(store, max_batch=settings.store.max_batch)
+    engine = build_engine(settings, store) if worker else None
+    committer = GroupCommitter(
+        store, max_batch=settings.store.max_batch,
+        on_new_events=engine.wake if engine is not None else None,
+    )
     metrics = ReceiverMetrics()
     endpoint = _hook_endpoint(settings, credentials, committer, metrics)
     return FactorflowApp(
-        store=store, committer=committer, metrics=metrics, hooks={settings.hook.path: endpoint}
+        store=store, committer=committer, metrics=metrics, hooks={settings.hook.path: endpoint},
+        background=engine,
     )
 
 
@@ -40,3 +50,55 @@ def _hook_endpoint(
         metrics=metrics,
         max_body_bytes=settings.hook.max_body_bytes,
     )
+
+
+def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
+    """The pipeline over ``store`` with the configured rules, directory and actions, and the
+    action registry (to close). Raises ConfigError / InvalidRules before anything runs."""
+    from factorflow.actions.registry import builtin_registry
+    from factorflow.enrichment.directory import DirectoryEnrichment
+    from factorflow.enrichment.port import NoEnrichment
+    from factorflow.pipeline.deciding import RulesDecider
+    from factorflow.pipeline.process import Pipeline
+    from factorflow.pipeline.screening import ScreenPolicy
+    from factorflow.rules.loader import load_rules, parse_rules
+    from factorflow.store.pipeline_sql import SqlPipelineLedger
+
+    options = settings.pipeline
+    ruleset = (
+        load_rules(options.rules_file) if options.rules_file
+        else parse_rules(
+            "version: 1\nmatch: all\nrules: []\n", source="(no rules file: report only)"
+        )
+    )
+    enricher: Any = (
+        DirectoryEnrichment.from_file(options.directory_file) if options.directory_file
+        else NoEnrichment()
+    )
+    registry = builtin_registry(store, webhook_secrets=settings.actions.webhook_secrets)
+    handlers = {kind: registry.handler(kind) for kind in registry.kinds()}
+    ledger = SqlPipelineLedger(store)
+    pipeline = Pipeline(
+        events=ledger, facts=ledger, actions=ledger,
+        policy=ScreenPolicy(
+            event_types=frozenset(options.event_types),
+            own_actors=frozenset(options.own_actor_ids),
+        ),
+        decide=RulesDecider(ruleset), enricher=enricher, handlers=handlers,
+    )
+    return pipeline, registry
+
+
+def build_engine(settings: Settings, store: SqlEventStore) -> Any:
+    """The workflow engine (not started) for ``store``."""
+    from factorflow.store.pipeline_sql import SqlPipelineLedger
+    from factorflow.workflows.engine import WorkflowEngine
+    from factorflow.workflows.retry import RetryPolicies, RetryPolicy
+
+    pipeline, registry = build_pipeline(settings, store)
+    policies = {
+        kind: RetryPolicy(**policy.model_dump())
+        for kind, policy in settings.pipeline.retry.items()
+    }
+    retries = RetryPolicies(policies, default=policies.pop("default", RetryPolicy()))
+    return WorkflowEngine(settings, pipeline, SqlPipelineLedger(store), retries, registry)

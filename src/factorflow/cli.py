@@ -38,8 +38,11 @@ def main() -> None:
 @CONFIG_OPTION
 @click.option("--host", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
-def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
-    """Run the receiver (hook endpoint, health and metrics)."""
+@click.option("--worker/--no-worker", default=None,
+              help="Run the workflow worker in this process (default: workflows.enabled).")
+def serve(config_path: Path | None, host: str | None, port: int | None,
+          worker: bool | None) -> None:
+    """Run the receiver (hook endpoint, health and metrics) and, by default, a worker."""
     import uvicorn
 
     from factorflow.bootstrap import build_app
@@ -48,7 +51,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None) -> None:
     settings = _settings(config_path)
     configure_logging(settings.log.format, settings.log.level)
     try:
-        app = build_app(settings)
+        app = build_app(
+            settings, worker=settings.workflows.enabled if worker is None else worker
+        )
     except FactorflowError as exc:
         raise click.ClickException(str(exc)) from None
     server_host = host or settings.server.host
@@ -278,6 +283,20 @@ def _open(config_path: Path | None) -> Any:
     except FactorflowError as exc:
         raise click.ClickException(str(exc)) from None
 
+
+def _register_commands() -> None:
+    # The command groups live in their own modules, which import helpers from this one;
+    # they are attached here, once this module is complete.
+    from factorflow import cli_actions, cli_rules, cli_workflows
+
+    for command in (
+        cli_rules.rules, cli_actions.audit, cli_actions.register, cli_actions.campaigns,
+        cli_workflows.worker, cli_workflows.dlq, cli_workflows.replay,
+    ):
+        main.add_command(command)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -95,6 +95,13 @@ class PipelineSettings(_Section):
     )
 
 
+class ActionSettings(_Section):
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="named Standard Webhooks secrets (whsec_...); rules refer to them by name",
+    )
+
+
 class WorkflowSettings(_Section):
     enabled: bool = True
     system_database_url: str | None = Field(
@@ -122,6 +129,7 @@ class Settings(BaseSettings):
     hook: HookSettings = HookSettings()
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    actions: ActionSettings = ActionSettings()
     workflows: WorkflowSettings = WorkflowSettings()
     log: LogSettings = LogSettings()
 
@@ -156,10 +164,43 @@ def load_settings(config: Path | None) -> Settings:
             raise ConfigError(f"{config}: not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{config}: cannot read: {exc.strerror}") from None
+    unknown = unknown_environment()
+    if unknown:
+        raise ConfigError(
+            "unknown environment variable(s): " + ", ".join(unknown)
+            + f" (settings are {ENV_PREFIX}<SECTION>__<KEY>, with two underscores)"
+        )
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, config)) from None
+
+
+# Variables with the prefix that are not settings.
+_OTHER_VARIABLES = ("FACTORFLOW_CONFIG",)
+_OTHER_PREFIXES = ("FACTORFLOW_TEST_", "FACTORFLOW_BENCH_")
+
+
+def unknown_environment() -> list[str]:
+    """FACTORFLOW_ variables that name no setting: a typo such as FACTORFLOW_HOOK_SECRET
+    (one underscore) would otherwise be ignored and a secret generated instead."""
+    sections = {
+        name.upper() for name, field in Settings.model_fields.items()
+        if isinstance(field.default, BaseModel)
+    }
+    top = {name.upper() for name in Settings.model_fields} - sections
+    unknown = []
+    for variable in os.environ:
+        if not variable.startswith(ENV_PREFIX) or variable in _OTHER_VARIABLES:
+            continue
+        if variable.startswith(_OTHER_PREFIXES):
+            continue
+        rest = variable.removeprefix(ENV_PREFIX)
+        section, separator, _key = rest.partition("__")
+        if (separator and section in sections) or (not separator and rest in top):
+            continue
+        unknown.append(variable)
+    return sorted(unknown)
 
 
 def _describe(exc: ValidationError, config: Path | None) -> str:

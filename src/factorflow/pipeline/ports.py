@@ -102,6 +102,7 @@ class Plan:
     actions: tuple[ActionRequest, ...]
     suppressions: tuple[Suppression, ...]
     record: dict[str, Any]
+    failed: tuple[tuple[ActionRequest, str], ...] = ()  # could not be prepared: the error
 
 
 class Decide(Protocol):

@@ -149,6 +149,8 @@ class Pipeline:
                 f"suppressed: rule {request.rule_id} already acted for {holder} in its window",
                 attempts=0,
             ))
+        for request, error in plan.failed:
+            self.dead_letter(uuid, request_to_dict(request), error, 0)
         record = {**plan.record, "suppressed": suppressed}
         self.facts.record_decision(uuid, run_id, "decided", None, snapshot, record)
         self.facts.save_fact(fact, "decided", None)

@@ -12,6 +12,7 @@ import logging
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from dbos import DBOS, DBOSConfig, SetWorkflowID
 
@@ -24,6 +25,10 @@ from factorflow.workflows.retry import RetryPolicies
 log = logging.getLogger(__name__)
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
 class WorkflowEngine:
     def __init__(
         self,
@@ -31,7 +36,9 @@ class WorkflowEngine:
         pipeline: Pipeline,
         ledger: SqlPipelineLedger,
         retries: RetryPolicies,
+        resources: Closeable | None = None,
     ) -> None:
+        self._resources = resources
         self.settings = settings
         self.pipeline = pipeline
         self.ledger = ledger
@@ -82,6 +89,8 @@ class WorkflowEngine:
             self._relay.join(timeout=timeout_seconds)
             self._relay = None
         DBOS.destroy(workflow_completion_timeout_sec=timeout_seconds)
+        if self._resources is not None:
+            self._resources.close()
         log.info("workflows.stopped", extra={"fields": {"relayed": self.relayed}})
 
     def wake(self) -> None:

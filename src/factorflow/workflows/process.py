@@ -9,17 +9,31 @@ event is de-duplicated by the engine), ``replay-<uuid>-<stamp>`` for replays and
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS
 
-from factorflow.errors import FactorflowError, TransientActionError
+from factorflow.errors import FactorflowError, StoreUnavailable, TransientActionError
 from factorflow.pipeline.process import READY, Pipeline
 from factorflow.workflows.retry import RetryPolicies
 
 log = logging.getLogger(__name__)
 
 QUEUE = "factorflow-events"
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_hiccup(error: BaseException) -> bool:
+    return isinstance(error, StoreUnavailable)
+
+
+# Every step reads or writes the store; a store that is briefly unavailable (a restart, a lock)
+# must delay the workflow, not fail it.
+def _step(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    return DBOS.step(name=name, retries_allowed=True, max_attempts=20, interval_seconds=0.5,
+                     backoff_rate=1.5, should_retry=_store_hiccup)
 
 
 class _Installed:
@@ -45,12 +59,12 @@ def _retries() -> RetryPolicies:
     return _Installed.retries
 
 
-@DBOS.step(name="factorflow.prepare")
+@_step("factorflow.prepare")
 def prepare_step(uuid: str) -> dict[str, Any]:
     return _pipeline().prepare(uuid)
 
 
-@DBOS.step(name="factorflow.enrich")
+@_step("factorflow.enrich")
 def enrich_step(uuid: str) -> dict[str, Any]:
     try:
         return {"ok": True, "snapshot": _pipeline().enrich(uuid)}
@@ -58,22 +72,22 @@ def enrich_step(uuid: str) -> dict[str, Any]:
         return {"ok": False, "detail": str(exc), "retry_after": exc.retry_after}
 
 
-@DBOS.step(name="factorflow.decide")
+@_step("factorflow.decide")
 def decide_step(uuid: str, run_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
     return _pipeline().decide(uuid, run_id, snapshot)
 
 
-@DBOS.step(name="factorflow.act")
+@_step("factorflow.act")
 def act_step(uuid: str, request: dict[str, Any], attempt: int) -> dict[str, Any]:
     return _pipeline().attempt(uuid, request, attempt)
 
 
-@DBOS.step(name="factorflow.dead_letter")
+@_step("factorflow.dead_letter")
 def dead_letter_step(uuid: str, request: dict[str, Any], reason: str, attempts: int) -> int:
     return _pipeline().dead_letter(uuid, request, reason, attempts)
 
 
-@DBOS.step(name="factorflow.resolve_dead_letter")
+@_step("factorflow.resolve_dead_letter")
 def resolve_step(dead_letter_id: int, status: str, by: str) -> bool:
     return _pipeline().actions.resolve_dead_letter(dead_letter_id, status, by)
 
