@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from factorflow.secrets_source import HookCredentials, resolve_credentials
 from factorflow.settings import Settings
 from factorflow.store.factory import open_store
@@ -53,8 +55,9 @@ def _hook_endpoint(
 
 
 def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
-    """The pipeline over ``store`` with the configured rules, directory and actions, and the
-    action registry (to close). Raises ConfigError / InvalidRules before anything runs."""
+    """The pipeline over ``store`` with the configured rules, directory, actions and
+    connectors, and the HTTP client they share (to close). Raises ConfigError / InvalidRules
+    before anything runs."""
     from factorflow.actions.registry import builtin_registry
     from factorflow.enrichment.directory import DirectoryEnrichment
     from factorflow.enrichment.port import NoEnrichment
@@ -75,7 +78,21 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
         DirectoryEnrichment.from_file(options.directory_file) if options.directory_file
         else NoEnrichment()
     )
-    registry = builtin_registry(store, webhook_secrets=settings.actions.webhook_secrets)
+    # One HTTP client (connection pool, timeouts, no redirects) for every outbound action.
+    http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
+                        headers={"user-agent": "factorflow"})
+    try:
+        registry = builtin_registry(
+            store, webhook_secrets=settings.actions.webhook_secrets, http=http
+        )
+        if settings.connectors:
+            from factorflow.connectors.registry import build_connectors
+
+            for handler in build_connectors(settings.connectors, http):
+                registry.add(handler)
+    except BaseException:
+        http.close()
+        raise
     handlers = {kind: registry.handler(kind) for kind in registry.kinds()}
     ledger = SqlPipelineLedger(store)
     pipeline = Pipeline(
@@ -86,7 +103,7 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
         ),
         decide=RulesDecider(ruleset), enricher=enricher, handlers=handlers,
     )
-    return pipeline, registry
+    return pipeline, http
 
 
 def build_engine(settings: Settings, store: SqlEventStore) -> Any:
@@ -95,10 +112,10 @@ def build_engine(settings: Settings, store: SqlEventStore) -> Any:
     from factorflow.workflows.engine import WorkflowEngine
     from factorflow.workflows.retry import RetryPolicies, RetryPolicy
 
-    pipeline, registry = build_pipeline(settings, store)
+    pipeline, http = build_pipeline(settings, store)
     policies = {
         kind: RetryPolicy(**policy.model_dump())
         for kind, policy in settings.pipeline.retry.items()
     }
     retries = RetryPolicies(policies, default=policies.pop("default", RetryPolicy()))
-    return WorkflowEngine(settings, pipeline, SqlPipelineLedger(store), retries, registry)
+    return WorkflowEngine(settings, pipeline, SqlPipelineLedger(store), retries, http)

@@ -174,19 +174,33 @@ def events_quarantine(config_path: Path | None, limit: int, raw: bool) -> None:
 @CONFIG_OPTION
 @click.argument("uuid")
 def events_show(config_path: Path | None, uuid: str) -> None:
-    """Print one stored event's raw JSON and where it came from."""
+    """One stored event: raw JSON and provenance, its fact, every decision (with the rule
+    trace and the enrichment snapshot), and every action with its attempts."""
     import orjson
 
+    from factorflow.okta.translate import to_fact
+    from factorflow.store.pipeline_sql import SqlPipelineLedger
+
     store = _open(config_path)
-    row = store.get_event(uuid)
-    store.close()
-    if row is None:
-        raise click.ClickException(f"no event with uuid {uuid}")
-    click.echo(orjson.dumps({
-        "uuid": row.uuid, "event_type": row.event_type, "published": row.published,
-        "received_at": row.received_at, "delivery_id": row.delivery_id, "hook_id": row.hook_id,
-        "org": row.org, "provenance": row.provenance, "raw": orjson.loads(row.raw),
-    }, option=orjson.OPT_INDENT_2).decode())
+    try:
+        row = store.get_event(uuid)
+        if row is None:
+            raise click.ClickException(f"no event with uuid {uuid}")
+        ledger = SqlPipelineLedger(store)
+        raw = orjson.loads(row.raw)
+        report = {
+            "uuid": row.uuid, "event_type": row.event_type, "published": row.published,
+            "received_at": row.received_at, "delivery_id": row.delivery_id,
+            "hook_id": row.hook_id, "org": row.org, "provenance": row.provenance,
+            "fact": to_fact(raw, org=row.org, received_at=row.received_at).to_dict(),
+            "decisions": ledger.decisions_of(uuid),
+            "actions": ledger.results_of_event(uuid),
+            "attempts": ledger.attempts_of_event(uuid),
+            "raw": raw,
+        }
+    finally:
+        store.close()
+    click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
 
 
 @main.group()

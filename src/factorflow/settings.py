@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
     actions: ActionSettings = ActionSettings()
+    connectors: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[connectors.<kind>] sections; each connector validates its own keys",
+    )
     workflows: WorkflowSettings = WorkflowSettings()
     log: LogSettings = LogSettings()
 
@@ -186,7 +190,7 @@ def unknown_environment() -> list[str]:
     (one underscore) would otherwise be ignored and a secret generated instead."""
     sections = {
         name.upper() for name, field in Settings.model_fields.items()
-        if isinstance(field.default, BaseModel)
+        if isinstance(field.default, BaseModel) or field.default_factory is not None
     }
     top = {name.upper() for name in Settings.model_fields} - sections
     unknown = []

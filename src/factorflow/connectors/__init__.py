@@ -1,0 +1,1 @@
+"""Connectors: action handlers for downstream systems (tickets, chat, paging, email, Okta)."""

@@ -1,0 +1,126 @@
+"""What every connector shares: a settings model validated at start, secrets as SecretStr,
+and one split of failures into transient (retried) and permanent (dead-lettered)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from factorflow.actions.base import ActionHandler
+from factorflow.domain.actions import ActionRequest
+from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConnectorSettings(BaseModel):
+    """Base of every connector's settings (``[connectors.<kind>]`` in the config file,
+    ``FACTORFLOW_CONNECTORS__<KIND>__<KEY>`` in the environment). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout_seconds: float = 10.0
+
+
+def secret_value(value: SecretStr | None, path: Path | None, key: str) -> str | None:
+    """A secret given directly or as ``<key>_file``; never both."""
+    if value is not None and path is not None:
+        raise ConfigError(f"{key} and {key}_file are both set; set one of them")
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}_file {path}: cannot read: {exc.strerror}") from None
+        return text or None
+    return value.get_secret_value() if value is not None else None
+
+
+class ConnectorFactory(Protocol):
+    """How the registry builds a connector from its settings section."""
+
+    kind: str
+    settings_model: type[ConnectorSettings]
+
+    def create(
+        self, settings: Any, http: httpx.Client, clock: Clock
+    ) -> ActionHandler: ...
+
+
+def where(request: ActionRequest) -> str:
+    return f"{request.kind} action {request.rule_id}/{request.action_id}"
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP-date)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - now).total_seconds())
+
+
+def call(
+    http: httpx.Client, method: str, url: str, request: ActionRequest, *,
+    clock: Clock = utc_now, ok: tuple[int, ...] = (), **kwargs: Any,
+) -> httpx.Response:
+    """One HTTP call with the shared classification: connection errors, timeouts, 408, 429
+    (honouring Retry-After) and 5xx are transient; other 4xx are permanent. Statuses in
+    ``ok`` are returned as they are (e.g. 404 for a lookup)."""
+    label = f"{where(request)}: {method} {_display(url)}"
+    try:
+        response = http.request(method, url, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise TransientActionError(f"{label}: timed out ({type(exc).__name__})") from exc
+    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+        raise PermanentActionError(f"{label}: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:
+        raise TransientActionError(f"{label}: {type(exc).__name__}") from exc
+    status = response.status_code
+    if status < 300 or status in ok:
+        return response
+    message = f"{label}: HTTP {status}: {_excerpt(response.text)}"
+    if status in (408, 429) or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("retry-after"), clock())
+        raise TransientActionError(message, retry_after)
+    raise PermanentActionError(message)
+
+
+def param(request: ActionRequest, name: str, default: Any = None, *,
+          required: bool = False) -> Any:
+    value = request.params.get(name, default)
+    if required and (value is None or (isinstance(value, str) and not value.strip())):
+        raise PermanentActionError(f"{where(request)}: params.{name} is required")
+    return value
+
+
+def text_params(request: ActionRequest) -> Mapping[str, str]:
+    return {key: value for key, value in request.params.items() if isinstance(value, str)}
+
+
+def _display(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid url>"
+    return str(parsed.copy_with(query=None, fragment=None, username=None, password=None))
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    return " ".join(text[:limit].split())
