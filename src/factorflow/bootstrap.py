@@ -14,6 +14,7 @@ from factorflow.store.sql import SqlEventStore
 from factorflow.web.app import FactorflowApp
 from factorflow.web.hooks import HookEndpoint
 from factorflow.web.metrics import ReceiverMetrics
+from factorflow.web.store_metrics import StoreCollector
 
 
 def build_app(
@@ -32,6 +33,7 @@ def build_app(
         on_new_events=engine.wake if engine is not None else None,
     )
     metrics = ReceiverMetrics()
+    metrics.registry.register(StoreCollector(store))
     endpoint = _hook_endpoint(settings, credentials, committer, metrics)
     return FactorflowApp(
         store=store, committer=committer, metrics=metrics, hooks={settings.hook.path: endpoint},

@@ -32,6 +32,10 @@ class BackgroundService(Protocol):
 
     def stop(self) -> None: ...
 
+    def problem(self) -> str | None:
+        """None while it works; otherwise what is wrong (for /readyz)."""
+        ...
+
 
 class FactorflowApp:
     def __init__(
@@ -89,6 +93,8 @@ class FactorflowApp:
 
     async def _readyz(self, _request: Request) -> Response:
         checks: dict[str, str] = {"receiver": "ok" if self.ready else "stopped"}
+        if self.background is not None:
+            checks["workflows"] = self.background.problem() or "ok"
         try:
             self.store.check_writable()
             current = self.store.schema_version()

@@ -46,6 +46,8 @@ class WorkflowEngine:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._relay: threading.Thread | None = None
+        self._launched = False
+        self._relay_failing = False
         self.relayed = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -67,6 +69,7 @@ class WorkflowEngine:
         process.install(self.pipeline, self.retries)
         DBOS(config=config)
         DBOS.launch()
+        self._launched = True
         DBOS.register_queue(
             process.QUEUE,
             worker_concurrency=workflows.worker_concurrency,
@@ -88,10 +91,20 @@ class WorkflowEngine:
         if self._relay is not None:
             self._relay.join(timeout=timeout_seconds)
             self._relay = None
+        self._launched = False
         DBOS.destroy(workflow_completion_timeout_sec=timeout_seconds)
         if self._resources is not None:
             self._resources.close()
         log.info("workflows.stopped", extra={"fields": {"relayed": self.relayed}})
+
+    def problem(self) -> str | None:
+        if not self._launched:
+            return "not started"
+        if self._relay is not None and not self._relay.is_alive():
+            return "relay stopped"
+        if self._relay_failing:
+            return "relay failing: the store or the workflow database is unavailable"
+        return None
 
     def wake(self) -> None:
         """New events were committed: relay them now rather than at the next tick."""
@@ -113,8 +126,10 @@ class WorkflowEngine:
         while not self._stop.is_set():
             try:
                 moved = self.relay_once()
+                self._relay_failing = False
             except Exception:  # the store or DBOS is down: log, wait, try again
                 log.exception("relay.failed")
+                self._relay_failing = True
                 moved = 0
             if moved == 0:
                 self._wake.wait(interval)
