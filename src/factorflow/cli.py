@@ -71,6 +71,7 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
     config = uvicorn.Config(
         app, host=server_host, port=server_port, loop="auto", http="auto", lifespan="on",
         access_log=False, log_config=None, server_header=False,
+        proxy_headers=True, forwarded_allow_ips=settings.server.forwarded_allow_ips,
         # uvicorn takes whole seconds; truncating 0.5 to 0 would cancel requests in flight.
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout_seconds),
     )
@@ -310,7 +311,11 @@ def _register_commands() -> None:
         main.add_command(command)
 
 
-_register_commands()
-
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run as ``python -m factorflow.cli``: the command modules import ``factorflow.cli``, which
+    # is not this ``__main__`` module, so use that module (it registers every command).
+    from factorflow.cli import main as _main
+
+    sys.exit(_main())
+else:
+    _register_commands()

@@ -31,6 +31,10 @@ class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     graceful_timeout_seconds: float = Field(10.0, gt=0)
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="proxies whose X-Forwarded-For/-Proto are trusted (comma-separated, or *)",
+    )
 
 
 class HookSettings(_Section):
