@@ -163,7 +163,14 @@ def normalise_timestamp(value: str) -> str | None:
         return None
     if parsed.tzinfo is None:
         return None
-    return format_utc(parsed)
+    if len(value) == 24 and value[19] == "." and value[23] == "Z":
+        # Okta's own form, "2024-08-13T15:58:20.353Z", already is UTC: pad to microseconds
+        # rather than format the datetime again (this runs for every received event).
+        return value[:23] + "000Z"
+    try:
+        return format_utc(parsed)
+    except OverflowError:  # "0001-01-01T00:00:00+05:00" lies before the first UTC instant
+        return None
 
 
 def format_utc(moment: datetime) -> str:

@@ -124,29 +124,36 @@ class SqlEventStore:
             for r, receipt in enumerate(receipts)
             for e, event in enumerate(receipt.delivery.events)
         )
-        # (receipt, event) -> None if new, the stored copy's (content_hash, received_at) if not
-        taken: dict[tuple[int, int], tuple[str, str] | None] = {}
+        rows = []
         for _, r, e in order:
             receipt = receipts[r]
             event = receipt.delivery.events[e]
-            cur.execute(
-                insert_event,
-                (
-                    event.uuid, event.event_type, event.published, event.published_at,
-                    receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org,
-                    event.content_hash, event.raw.decode(),
-                ),
-            )
-            if cur.rowcount == 1:
+            rows.append((
+                event.uuid, event.event_type, event.published, event.published_at,
+                receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org,
+                event.content_hash, event.raw.decode(),
+            ))
+        inserted = self._insert_events(cur, insert_event, rows)
+        # (receipt, event) -> None if new, the stored copy's (content_hash, received_at) if not
+        taken: dict[tuple[int, int], tuple[str, str] | None] = {}
+        for (uuid, r, e), new in zip(order, inserted, strict=True):
+            if new:
                 taken[r, e] = None
                 continue
             cur.execute(
-                self._q("SELECT content_hash, received_at FROM events WHERE uuid = ?"),
-                (event.uuid,),
+                self._q("SELECT content_hash, received_at FROM events WHERE uuid = ?"), (uuid,)
             )
             stored_hash, first_received = cur.fetchone()
             taken[r, e] = (stored_hash, first_received)
         return [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
+
+    def _insert_events(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[bool]:
+        """Insert each row (``ON CONFLICT DO NOTHING``); whether each one was new."""
+        inserted = []
+        for row in rows:
+            cur.execute(sql, row)
+            inserted.append(cur.rowcount == 1)
+        return inserted
 
     def _record_one(
         self,
