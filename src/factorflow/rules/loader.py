@@ -19,9 +19,15 @@ from pydantic import BaseModel, ValidationError
 
 from factorflow.errors import InvalidRules
 from factorflow.rules.action_kinds import BUILTIN_ACTION_KINDS, ActionKind
-from factorflow.rules.compiler import compile_actions, compile_rule, describe
+from factorflow.rules.compiler import compile_actions, compile_rule, compile_when, describe
 from factorflow.rules.ruleset import DEFAULTS_RULE_ID, ActionSpec, MatchMode, Rule, RuleSet
-from factorflow.rules.schema import DefaultsModel, RuleModel, RulesFileModel
+from factorflow.rules.schema import (
+    ActionModel,
+    DefaultsModel,
+    RuleModel,
+    RulesFileModel,
+    When,
+)
 from factorflow.rules.yaml_document import YamlProblems, parse_yaml
 
 # Used when the file has no ``defaults``: an event no rule matched is kept for reporting.
@@ -106,13 +112,34 @@ def _rules(
                             f"got {describe(raw)}")
             continue
         model = _validate(RuleModel, raw, prefix, problems)
-        if model is None:
-            continue
         rule_problems: list[str] = []
-        rule = compile_rule(model, action_kinds, rule_problems)
+        if model is None:
+            _check_valid_parts(raw, action_kinds, rule_problems)
+        else:
+            rules.append(compile_rule(model, action_kinds, rule_problems))
         problems.extend(prefix + problem for problem in rule_problems)
-        rules.append(rule)
     return rules
+
+
+def _check_valid_parts(
+    raw: dict[str, Any], action_kinds: Mapping[str, ActionKind], problems: list[str]
+) -> None:
+    """A rule with shape problems (already reported) still gets the other checks on the parts
+    that have the right shape, so one pass shows as much as possible."""
+    when = _quietly(When, raw.get("when", {}))
+    if when is not None:
+        compile_when(when, problems)
+    raw_actions = raw.get("actions")
+    if isinstance(raw_actions, list):
+        models = [_quietly(ActionModel, item) for item in raw_actions]
+        compile_actions([m for m in models if m is not None], action_kinds, problems)
+
+
+def _quietly(model: type[_Model], data: Any) -> _Model | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
 
 
 def _defaults(
@@ -183,14 +210,18 @@ def _message(model: type[BaseModel], error: Any) -> str:
     if kind == "too_short":
         return "must not be empty"
     if kind == "greater_than":
-        return f"must be greater than {ctx.get('gt')}"
+        return f"must be greater than {_number(ctx.get('gt'))}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx.get('le')}"
+        return f"must be at most {_number(ctx.get('le'))}"
     if kind == "string_pattern_mismatch":
         return (f"{value!r} is not a valid id (up to 100 letters, digits, '_', '.', ':' or '-', "
                 "starting with a letter or digit)")
     message = str(error["msg"])
     return message[:1].lower() + message[1:]
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
