@@ -61,25 +61,14 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
     connectors, and the HTTP client they share (to close). Raises ConfigError / InvalidRules
     before anything runs."""
     from factorflow.actions.registry import builtin_registry
-    from factorflow.enrichment.directory import DirectoryEnrichment
-    from factorflow.enrichment.port import NoEnrichment
     from factorflow.pipeline.deciding import RulesDecider
     from factorflow.pipeline.process import Pipeline
     from factorflow.pipeline.screening import ScreenPolicy
-    from factorflow.rules.loader import load_rules, parse_rules
     from factorflow.store.pipeline_sql import SqlPipelineLedger
 
     options = settings.pipeline
-    ruleset = (
-        load_rules(options.rules_file) if options.rules_file
-        else parse_rules(
-            "version: 1\nmatch: all\nrules: []\n", source="(no rules file: report only)"
-        )
-    )
-    enricher: Any = (
-        DirectoryEnrichment.from_file(options.directory_file) if options.directory_file
-        else NoEnrichment()
-    )
+    ruleset = load_configured_rules(settings)
+    enricher = build_enricher(settings)
     # One HTTP client (connection pool, timeouts, no redirects) for every outbound action.
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
                         headers={"user-agent": "factorflow"})
@@ -106,6 +95,26 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
         decide=RulesDecider(ruleset), enricher=enricher, handlers=handlers,
     )
     return pipeline, http
+
+
+def load_configured_rules(settings: Settings) -> Any:
+    """The configured rules file, or (without one) rules that report every fact."""
+    from factorflow.rules.loader import load_rules, parse_rules
+
+    if settings.pipeline.rules_file:
+        return load_rules(settings.pipeline.rules_file)
+    return parse_rules(
+        "version: 1\nmatch: all\nrules: []\n", source="(no rules file: report only)"
+    )
+
+
+def build_enricher(settings: Settings) -> Any:
+    from factorflow.enrichment.directory import DirectoryEnrichment
+    from factorflow.enrichment.port import NoEnrichment
+
+    if settings.pipeline.directory_file:
+        return DirectoryEnrichment.from_file(settings.pipeline.directory_file)
+    return NoEnrichment()
 
 
 def build_engine(settings: Settings, store: SqlEventStore) -> Any:

@@ -95,6 +95,59 @@ def rules_test(
         )
 
 
+@rules.command("explain")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              envvar="FACTORFLOW_CONFIG", default=None, help="TOML config file.")
+@click.argument("uuid")
+@click.option("--live", is_flag=True,
+              help="Look the user up again instead of using the snapshot kept with the "
+                   "last decision.")
+def rules_explain(config_path: Path | None, uuid: str, live: bool) -> None:
+    """Print a stored event's fact and the rule trace under the configured rules: which
+    conditions held, which did not, and which actions would run. Nothing is sent."""
+    from factorflow.bootstrap import build_enricher, load_configured_rules
+    from factorflow.cli import _open, _settings
+    from factorflow.errors import FactorflowError
+    from factorflow.pipeline.process import enrichment_from_dict
+    from factorflow.rules import evaluate
+    from factorflow.store.pipeline_sql import SqlPipelineLedger
+
+    settings = _settings(config_path)
+    store = _open(config_path)
+    try:
+        ledger = SqlPipelineLedger(store)
+        from factorflow.pipeline.process import EventMissing, Pipeline
+
+        try:
+            ruleset = load_configured_rules(settings)
+            fact = Pipeline.fact_from(ledger, uuid)
+        except (FactorflowError, EventMissing) as exc:
+            raise click.ClickException(str(exc)) from None
+        decisions = [d for d in ledger.decisions_of(uuid) if d["status"] == "decided"]
+        if decisions and not live:
+            enrichment = enrichment_from_dict(decisions[-1]["enrichment"])
+            origin = f"snapshot of decision {decisions[-1]['run_id']}"
+        else:
+            enrichment = build_enricher(settings).lookup(fact.user)
+            origin = "looked up now"
+        recent = []
+        if fact.user is not None and fact.user.id and fact.published_at and ruleset.lookback_hours:
+            from factorflow.pipeline.process import shift_hours
+
+            recent = ledger.recent_events(
+                fact.user.id, shift_hours(fact.published_at, -ruleset.lookback_hours),
+                fact.published_at, exclude=uuid,
+            )
+        decision = evaluate(ruleset, fact, enrichment, recent)
+    finally:
+        store.close()
+    click.echo(f"rules: {ruleset.source} (sha256 {ruleset.digest[:12]}); enrichment: {origin}")
+    _echo_text(fact, enrichment, decision, trace=True)
+    for stored in decisions:
+        click.echo(f"stored decision {stored['run_id']} at {stored['decided_at']}: matched "
+                   f"{', '.join(stored['decision'].get('matched_rules', [])) or 'nothing'}")
+
+
 def _load(rules_file: Path) -> RuleSet:
     from factorflow.rules import load_rules
 

@@ -81,7 +81,11 @@ class Pipeline:
         self.handlers = handlers
 
     def fact_of(self, uuid: str) -> Fact:
-        found = self.events.event_json(uuid)
+        return self.fact_from(self.events, uuid)
+
+    @staticmethod
+    def fact_from(events: EventSource, uuid: str) -> Fact:
+        found = events.event_json(uuid)
         if found is None:
             raise EventMissing(f"event {uuid} is not stored")
         event, org, received_at = found
@@ -127,7 +131,7 @@ class Pipeline:
         recent = []
         if fact.user is not None and fact.user.id and fact.published_at:
             until = fact.published_at
-            since = _shift(until, -self.decide_with.lookback_hours)
+            since = shift_hours(until, -self.decide_with.lookback_hours)
             recent = self.facts.recent_events(fact.user.id, since, until, exclude=uuid)
         plan = self.decide_with(fact, enrichment, recent)
         suppressed: dict[str, str] = {}
@@ -229,6 +233,6 @@ def enrichment_from_dict(data: Mapping[str, Any]) -> Enrichment:
     )
 
 
-def _shift(timestamp: str, hours: float) -> str:
+def shift_hours(timestamp: str, hours: float) -> str:
     moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     return format_utc(moment + timedelta(hours=hours))

@@ -45,4 +45,6 @@ def twin_family(fact: Fact) -> str | None:
     """The family this fact could have a same-timestamp twin in, if any."""
     if fact.kind.value != "enrollment" or fact.user is None or not fact.user.id:
         return None
+    if not fact.published:  # twins share a timestamp; without one nothing pairs them
+        return None
     return TWIN_FAMILIES.get(fact.factor.type)
