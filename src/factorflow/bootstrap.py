@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from factorflow.secrets_source import HookCredentials, resolve_credentials
+from factorflow.secrets_source import resolve_credentials
 from factorflow.settings import Settings
 from factorflow.store.factory import open_store
 from factorflow.store.group_commit import GroupCommitter
@@ -20,12 +21,14 @@ from factorflow.web.store_metrics import StoreCollector
 def build_app(
     settings: Settings, store: SqlEventStore | None = None, *, worker: bool = False
 ) -> FactorflowApp:
-    """Resolve credentials, open (and migrate) the store and assemble the ASGI app; with
-    ``worker`` the workflow worker runs in the same process (started with the app).
+    """Resolve credentials, open (and migrate) the store and assemble the ASGI app, one hook
+    endpoint per org; with ``worker`` the workflow worker runs in the same process (started
+    with the app).
 
     Raises ConfigError / InvalidRules before anything listens if the configuration cannot work.
     """
-    credentials = resolve_credentials(settings)
+    orgs = settings.org_list()
+    credentials = {org.name: resolve_credentials(settings, org=org) for org in orgs}
     store = store or open_store(settings.store_url())
     engine = build_engine(settings, store) if worker else None
     committer = GroupCommitter(
@@ -34,25 +37,15 @@ def build_app(
     )
     metrics = ReceiverMetrics()
     metrics.registry.register(StoreCollector(store))
-    endpoint = _hook_endpoint(settings, credentials, committer, metrics)
+    hooks = {
+        org.hook.path: HookEndpoint(
+            org=org.name, credentials=credentials[org.name], committer=committer,
+            metrics=metrics, max_body_bytes=org.hook.max_body_bytes,
+        )
+        for org in orgs
+    }
     return FactorflowApp(
-        store=store, committer=committer, metrics=metrics, hooks={settings.hook.path: endpoint},
-        background=engine,
-    )
-
-
-def _hook_endpoint(
-    settings: Settings,
-    credentials: HookCredentials,
-    committer: GroupCommitter,
-    metrics: ReceiverMetrics,
-) -> HookEndpoint:
-    return HookEndpoint(
-        org=settings.hook.org,
-        credentials=credentials,
-        committer=committer,
-        metrics=metrics,
-        max_body_bytes=settings.hook.max_body_bytes,
+        store=store, committer=committer, metrics=metrics, hooks=hooks, background=engine,
     )
 
 
@@ -67,8 +60,9 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
     from factorflow.store.pipeline_sql import SqlPipelineLedger
 
     options = settings.pipeline
-    ruleset = load_configured_rules(settings)
-    enricher = build_enricher(settings)
+    orgs = settings.org_list()
+    deciders = {org.name: RulesDecider(load_configured_rules(org.rules_file)) for org in orgs}
+    enrichers = {org.name: build_enricher(org.directory_file) for org in orgs}
     # One HTTP client (connection pool, timeouts, no redirects) for every outbound action.
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
                         headers={"user-agent": "factorflow"})
@@ -92,28 +86,57 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
             event_types=frozenset(options.event_types),
             own_actors=frozenset(options.own_actor_ids),
         ),
-        decide=RulesDecider(ruleset), enricher=enricher, handlers=handlers,
+        decide=deciders[orgs[0].name], enricher=enrichers[orgs[0].name], handlers=handlers,
+        deciders_by_org=deciders, enrichers_by_org=enrichers,
     )
     return pipeline, http
 
 
-def load_configured_rules(settings: Settings) -> Any:
-    """The configured rules file, or (without one) rules that report every fact."""
+def build_pipeline_checks(settings: Settings) -> list[str]:
+    """Load every org's rules and directory and every connector's settings, as the worker
+    would at start; a line per thing checked. Raises ConfigError / InvalidRules."""
+    from factorflow.connectors.registry import build_connectors
+
+    from factorflow.actions.registry import BUILTIN_KINDS
+
+    lines = []
+    used: dict[str, set[str]] = {}
+    for org in settings.org_list():
+        ruleset = load_configured_rules(org.rules_file)
+        build_enricher(org.directory_file)
+        lines.append(f"org {org.name}: rules {ruleset.source}: {len(ruleset.rules)} rule(s)")
+        for rule in ruleset.rules:
+            for action in (*rule.actions, *ruleset.default_actions):
+                used.setdefault(action.kind, set()).add(f"{org.name}/{rule.id}")
+    with httpx.Client() as http:
+        for handler in build_connectors(settings.connectors, http):
+            lines.append(f"connector {handler.kind}: settings OK")
+    missing = sorted(set(used) - set(BUILTIN_KINDS) - set(settings.connectors))
+    for kind in missing:
+        lines.append(
+            f"WARNING: rules {', '.join(sorted(used[kind]))} use action kind {kind!r} but "
+            f"[connectors.{kind}] is not configured: those actions will be dead-lettered"
+        )
+    return lines
+
+
+def load_configured_rules(rules_file: Path | None) -> Any:
+    """The rules file, or (without one) rules that report every fact."""
     from factorflow.rules.loader import load_rules, parse_rules
 
-    if settings.pipeline.rules_file:
-        return load_rules(settings.pipeline.rules_file)
+    if rules_file is not None:
+        return load_rules(rules_file)
     return parse_rules(
         "version: 1\nmatch: all\nrules: []\n", source="(no rules file: report only)"
     )
 
 
-def build_enricher(settings: Settings) -> Any:
+def build_enricher(directory_file: Path | None) -> Any:
     from factorflow.enrichment.directory import DirectoryEnrichment
     from factorflow.enrichment.port import NoEnrichment
 
-    if settings.pipeline.directory_file:
-        return DirectoryEnrichment.from_file(settings.pipeline.directory_file)
+    if directory_file is not None:
+        return DirectoryEnrichment.from_file(directory_file)
     return NoEnrichment()
 
 

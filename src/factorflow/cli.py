@@ -58,16 +58,16 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
         raise click.ClickException(str(exc)) from None
     server_host = host or settings.server.host
     server_port = port or settings.server.port
-    credentials_note = ""
-    if not (settings.hook.secret or settings.hook.secret_file):
-        credentials_note = (
-            f"; hook secret: generated, in {settings.data_dir / 'hook-secret'} (owner-only)"
+    for org in settings.org_list():
+        note = ""
+        if not (org.hook.secret or org.hook.secret_file):
+            note = (f"; hook secret: generated, in {settings.data_dir / org.secret_file_name} "
+                    "(owner-only)")
+        click.echo(
+            f"factorflow listening on http://{server_host}:{server_port}{org.hook.path} "
+            f"for org {org.name} (store: {app.store.dialect}){note}",
+            err=True,
         )
-    click.echo(
-        f"factorflow listening on http://{server_host}:{server_port}{settings.hook.path} "
-        f"(store: {app.store.dialect}){credentials_note}",
-        err=True,
-    )
     config = uvicorn.Config(
         app, host=server_host, port=server_port, loop="auto", http="auto", lifespan="on",
         access_log=False, log_config=None, server_header=False,
@@ -99,16 +99,25 @@ def config_check(config_path: Path | None) -> None:
     from factorflow.store.factory import open_store
 
     settings = _settings(config_path)
+    for org in settings.org_list():
+        hook = org.hook
+        try:
+            credentials = resolve_credentials(settings, generate=False, org=org)
+            source = "generated file" if credentials.generated_at else "configured"
+            click.echo(f"org {org.name}: hook {hook.path}, header {hook.auth_header!r}, "
+                       f"{len(credentials.accepted)} accepted secret(s) ({source})")
+        except ConfigError as exc:
+            if "none was generated yet" not in str(exc):
+                raise click.ClickException(f"org {org.name}: {exc}") from None
+            click.echo(f"org {org.name}: hook {hook.path}, header {hook.auth_header!r}, "
+                       "secret will be generated on first start")
+    from factorflow.bootstrap import build_pipeline_checks
+
     try:
-        credentials = resolve_credentials(settings, generate=False)
-        source = "generated file" if credentials.generated_at else "configured"
-        click.echo(f"hook: {settings.hook.path}, header {settings.hook.auth_header!r}, "
-                   f"{len(credentials.accepted)} accepted secret(s) ({source})")
-    except ConfigError as exc:
-        if "none was generated yet" not in str(exc):
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"hook: {settings.hook.path}, header {settings.hook.auth_header!r}, "
-                   "secret will be generated on first start")
+        for line in build_pipeline_checks(settings):
+            click.echo(line)
+    except FactorflowError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         store = open_store(settings.store_url(), migrate=False)
     except ConfigError as exc:
@@ -231,15 +240,21 @@ def deliveries_list(config_path: Path | None, limit: int) -> None:
 @click.argument("url")
 @click.option("--keep-ids", is_flag=True,
               help="Send the sample with its own ids (a second run shows de-duplication).")
-def send_test(config_path: Path | None, url: str, keep_ids: bool) -> None:
+@click.option("--org", default=None, help="Use this org's credential (default: the first).")
+def send_test(config_path: Path | None, url: str, keep_ids: bool, org: str | None) -> None:
     """Verify URL like Okta does, then post a sample MFA enrollment delivery to it."""
     from factorflow.okta.sender import SendFailed, send_sample
 
     settings = _settings(config_path)
     from factorflow.secrets_source import resolve_credentials
 
+    orgs = {o.name: o for o in settings.org_list()}
+    if org is not None and org not in orgs:
+        raise click.ClickException(f"no org {org!r} (configured: {', '.join(orgs)})")
     try:
-        credentials = resolve_credentials(settings, generate=False)
+        credentials = resolve_credentials(
+            settings, generate=False, org=orgs[org] if org else None
+        )
     except ConfigError as exc:
         raise click.ClickException(f"{exc} (start `factorflow serve` once first)") from None
     sample = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json")

@@ -119,8 +119,10 @@ def rules_explain(config_path: Path | None, uuid: str, live: bool) -> None:
         from factorflow.pipeline.process import EventMissing, Pipeline
 
         try:
-            ruleset = load_configured_rules(settings)
             fact = Pipeline.fact_from(ledger, uuid)
+            org = next((o for o in settings.org_list() if o.name == fact.org),
+                       settings.org_list()[0])
+            ruleset = load_configured_rules(org.rules_file)
         except (FactorflowError, EventMissing) as exc:
             raise click.ClickException(str(exc)) from None
         decisions = [d for d in ledger.decisions_of(uuid) if d["status"] == "decided"]
@@ -128,7 +130,7 @@ def rules_explain(config_path: Path | None, uuid: str, live: bool) -> None:
             enrichment = enrichment_from_dict(decisions[-1]["enrichment"])
             origin = f"snapshot of decision {decisions[-1]['run_id']}"
         else:
-            enrichment = build_enricher(settings).lookup(fact.user)
+            enrichment = build_enricher(org.directory_file).lookup(fact.user)
             origin = "looked up now"
         recent = []
         if fact.user is not None and fact.user.id and fact.published_at and ruleset.lookback_hours:

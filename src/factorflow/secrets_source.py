@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from factorflow.errors import ConfigError
-from factorflow.settings import Settings
+from factorflow.settings import Org, Settings
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +28,21 @@ class HookCredentials:
         return f"HookCredentials(header={self.header!r}, accepted=<{len(self.accepted)} hidden>)"
 
 
-def resolve_credentials(settings: Settings, *, generate: bool = True) -> HookCredentials:
-    """The accepted header values. Without a configured secret, one is generated once and kept
-    in the data directory, readable by its owner only: deliveries are never unauthenticated."""
-    hook = settings.hook
+def resolve_credentials(
+    settings: Settings, *, generate: bool = True, org: Org | None = None
+) -> HookCredentials:
+    """The accepted header values of ``org``'s hook (default: the first org). Without a
+    configured secret, one is generated once and kept in the data directory, readable by its
+    owner only: deliveries are never unauthenticated."""
+    org = org or settings.org_list()[0]
+    hook = org.hook
     current = _one(hook.secret, hook.secret_file, "hook.secret")
     previous = _one(hook.previous_secret, hook.previous_secret_file, "hook.previous_secret")
     if current is None and previous is not None:
         raise ConfigError("hook.previous_secret is set but hook.secret is not")
     generated_at: Path | None = None
     if current is None:
-        path = settings.data_dir / GENERATED_SECRET_FILE
+        path = settings.data_dir / org.secret_file_name
         if not path.exists() and not generate:
             raise ConfigError("no hook secret is configured and none was generated yet")
         current = _generated_secret(path)

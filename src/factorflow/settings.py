@@ -11,15 +11,25 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from factorflow.errors import ConfigError
 
 ENV_PREFIX = "FACTORFLOW_"
+_ORG_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -60,6 +70,25 @@ class HookSettings(_Section):
         if not _HEADER_NAME.match(value):
             raise ValueError("must be a valid HTTP header name")
         return value
+
+
+class OrgSettings(_Section):
+    """One Okta org in a multi-org deployment: ``[orgs.<name>]`` with its own hook (path,
+    header, secrets), rules and directory. Without any ``[orgs.*]``, ``[hook]`` and
+    ``[pipeline]`` describe the one org, named ``hook.org``."""
+
+    hook: HookSettings = HookSettings()
+    rules_file: Path | None = None
+    directory_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Org:
+    name: str
+    hook: HookSettings
+    rules_file: Path | None
+    directory_file: Path | None
+    secret_file_name: str  # where a generated hook secret is kept, in data_dir
 
 
 class StoreSettings(_Section):
@@ -134,6 +163,9 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
     actions: ActionSettings = ActionSettings()
+    orgs: dict[str, OrgSettings] = Field(
+        default_factory=dict, description="[orgs.<name>] sections for several Okta orgs"
+    )
     connectors: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="[connectors.<kind>] sections; each connector validates its own keys",
@@ -152,6 +184,30 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The config file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _orgs_are_distinct(self) -> Settings:
+        paths: dict[str, str] = {}
+        for org in self.org_list():
+            if not _ORG_NAME.match(org.name):
+                raise ValueError(f"org name {org.name!r}: use letters, digits, '-' and '_'")
+            if org.hook.path in paths:
+                raise ValueError(
+                    f"orgs {paths[org.hook.path]!r} and {org.name!r} share the hook path "
+                    f"{org.hook.path}"
+                )
+            paths[org.hook.path] = org.name
+        return self
+
+    def org_list(self) -> list[Org]:
+        """Every configured org with its hook, rules and directory."""
+        if not self.orgs:
+            return [Org(self.hook.org, self.hook, self.pipeline.rules_file,
+                        self.pipeline.directory_file, "hook-secret")]
+        return [
+            Org(name, org.hook, org.rules_file, org.directory_file, f"hook-secret-{name}")
+            for name, org in sorted(self.orgs.items())
+        ]
 
     def store_url(self) -> str:
         return self.store.url or f"sqlite:///{self.data_dir / 'factorflow.db'}"

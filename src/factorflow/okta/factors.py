@@ -111,6 +111,12 @@ METHODS: dict[str, str] = {
     "password": "password",
 }
 
+# Okta Verify's methods, as seen on an authenticator that is not Okta Verify
+_FOREIGN_METHODS: dict[str, str] = {
+    "okta_verify_push": "custom_push",
+    "okta_verify_totp": "totp",
+}
+
 # Factors API factorType -> type
 API_FACTOR_TYPES: dict[str, str] = {
     "push": "okta_verify_push",
@@ -142,6 +148,10 @@ def from_authenticator(display_name: str | None, method: str | None) -> str | No
         if by_name == "okta_verify_push" or by_method in ("sms", "voice", "okta_fastpass"):
             return by_method
         return by_name
+    if by_method and display_name and display_name.strip():
+        # A named authenticator we do not know (custom authenticators carry the name the admin
+        # gave them): its push or code is not Okta Verify's.
+        return _FOREIGN_METHODS.get(by_method, by_method)
     return by_method or by_name
 
 

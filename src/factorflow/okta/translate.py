@@ -7,6 +7,7 @@ field being absent, null or of an unexpected type.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Any
@@ -40,7 +41,9 @@ _REASON = re.compile(
     r"User (?:set up|reset|suspended|unsuspended|updated|activated|deactivated) "
     r"(?P<factor>[A-Za-z0-9_:]+) factor"
 )
-_LIST_TEXT = re.compile(r"[A-Z_]+")
+_LIST_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Event types the catalog tags oie-only: their presence alone names the engine.
+_IDENTITY_ENGINE_ONLY = {"user.mfa.factor.suspend", "user.mfa.factor.unsuspend"}
 # Actor types that are programs rather than people.
 _PROGRAM_ACTORS = {"PublicClientApp", "AppInstance", "Client", "ServiceApp", "OAuth2Client"}
 
@@ -114,9 +117,14 @@ def _enrolled_by(actor: Person | None, user: Person | None, api_token: str | Non
         return EnrolledBy.API
     if actor.type != "User" or user is None:
         return EnrolledBy.UNKNOWN
-    same = (actor.id is not None and actor.id == user.id) or (
-        actor.id is None and actor.login is not None and actor.login == user.login
-    )
+    # Compare ids where both have one; logins (case-insensitive in Okta) only where an id is
+    # missing; with neither, who acted cannot be told.
+    if actor.id is not None and user.id is not None:
+        same = actor.id == user.id
+    elif actor.login is not None and user.login is not None:
+        same = actor.login.casefold() == user.login.casefold()
+    else:
+        return EnrolledBy.UNKNOWN
     return EnrolledBy.SELF if same else EnrolledBy.ADMIN
 
 
@@ -158,9 +166,11 @@ def _factor(
 def _verified_properties(value: Any) -> tuple[str, ...]:
     # Okta sends a string that looks like a list: "[DEVICE_BOUND, PHISHING_RESISTANT]".
     if isinstance(value, str):
-        return tuple(_LIST_TEXT.findall(value))
+        return tuple(item.upper() for item in _LIST_TEXT.findall(value))
     if isinstance(value, list):
-        return tuple(item for item in value if isinstance(item, str))
+        return tuple(
+            item.strip().upper() for item in value if isinstance(item, str) and item.strip()
+        )
     return ()
 
 
@@ -172,7 +182,12 @@ def _engine(
 ) -> Engine:
     session = _text(auth_context.get("externalSessionId")) or ""
     uri = _text(debug.get("requestUri")) or ""
-    if enrollment is not None or session.startswith("idx") or uri.startswith("/idp/idx"):
+    if (
+        enrollment is not None
+        or session.startswith("idx")
+        or uri.startswith("/idp/idx")
+        or _text(event.get("eventType")) in _IDENTITY_ENGINE_ONLY
+    ):
         return Engine.IDENTITY_ENGINE
     legacy = _text(event.get("legacyEventType")) or ""
     reason = _text(_dict(event.get("outcome")).get("reason")) or ""
@@ -188,10 +203,9 @@ def _client(event: dict[str, Any]) -> Client:
     agent = _dict(client.get("userAgent"))
     security = _dict(event.get("securityContext"))
     # Hook payloads put ipChain under client; the System Log API under request.
-    chain = client.get("ipChain")
-    if not isinstance(chain, list):
-        chain = _dict(event.get("request")).get("ipChain")
-    ips = tuple(ip for ip in (_text(hop.get("ip")) for hop in _dicts(chain)) if ip)
+    ips = _chain_ips(client.get("ipChain")) or _chain_ips(
+        _dict(event.get("request")).get("ipChain")
+    )
     zone = _text(client.get("zone"))
     return Client(
         ip=_text(client.get("ipAddress")),
@@ -216,6 +230,10 @@ def _client(event: dict[str, Any]) -> Client:
     )
 
 
+def _chain_ips(chain: Any) -> tuple[str, ...]:
+    return tuple(ip for ip in (_text(hop.get("ip")) for hop in _dicts(chain)) if ip)
+
+
 def _delay(published_at: str | None, received_at: str | None) -> float | None:
     if not published_at or not received_at:
         return None
@@ -223,6 +241,8 @@ def _delay(published_at: str | None, received_at: str | None) -> float | None:
         start = datetime.fromisoformat(published_at.replace("Z", "+00:00"))
         end = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
     except ValueError:
+        return None
+    if start.tzinfo is None or end.tzinfo is None:  # no zone, no instant to subtract
         return None
     return round((end - start).total_seconds(), 3)
 
@@ -244,14 +264,15 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):  # "east", or an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None  # "nan", "inf" are no coordinates
 
 
 def _integer(value: Any) -> int | None:
@@ -259,6 +280,6 @@ def _integer(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not "²"
         return int(value)
     return None

@@ -71,7 +71,13 @@ class Pipeline:
         decide: Decide,
         enricher: Enricher,
         handlers: Mapping[str, Handler],
+        deciders_by_org: Mapping[str, Decide] | None = None,
+        enrichers_by_org: Mapping[str, Enricher] | None = None,
     ) -> None:
+        # Several orgs: each has its own rules and directory; ``decide``/``enricher`` serve
+        # any org not named here.
+        self.deciders_by_org = dict(deciders_by_org or {})
+        self.enrichers_by_org = dict(enrichers_by_org or {})
         self.events = events
         self.facts = facts
         self.actions = actions
@@ -120,7 +126,8 @@ class Pipeline:
     def enrich(self, uuid: str) -> dict[str, Any]:
         """The snapshot the decision will use; raises TransientActionError to be retried."""
         fact = self.fact_of(uuid)
-        enrichment = self.enricher.lookup(fact.user)
+        enricher = self.enrichers_by_org.get(fact.org, self.enricher)
+        enrichment = enricher.lookup(fact.user)
         return enrichment_to_dict(enrichment)
 
     def decide(self, uuid: str, run_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,12 +135,13 @@ class Pipeline:
         action requests to carry out."""
         fact = self.fact_of(uuid)
         enrichment = enrichment_from_dict(snapshot)
+        decide = self.deciders_by_org.get(fact.org, self.decide_with)
         recent = []
         if fact.user is not None and fact.user.id and fact.published_at:
             until = fact.published_at
-            since = shift_hours(until, -self.decide_with.lookback_hours)
+            since = shift_hours(until, -decide.lookback_hours)
             recent = self.facts.recent_events(fact.user.id, since, until, exclude=uuid)
-        plan = self.decide_with(fact, enrichment, recent)
+        plan = decide(fact, enrichment, recent)
         suppressed: dict[str, str] = {}
         for window in plan.suppressions:
             holder = self.facts.suppress(
