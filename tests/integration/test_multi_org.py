@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 from starlette.testclient import TestClient
+from tests.payloads.shapes import enrollment_event
 
 from factorflow.bootstrap import build_app, build_pipeline
 from factorflow.errors import ConfigError
 from factorflow.settings import Settings, load_settings
 from factorflow.store.factory import open_store
 from factorflow.store.pipeline_sql import SqlPipelineLedger
-from tests.payloads.shapes import enrollment_event
 
 ACME_SECRET = "acme-hook-secret-0001"
 GLOBEX_SECRET = "globex-hook-secret-0002"
