@@ -3,6 +3,7 @@ PostgreSQL database per test, and the published Okta corpus."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from factorflow.bootstrap import build_app
+from factorflow.logs import JsonFormatter
 from factorflow.settings import Settings
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -58,3 +60,47 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- the suite-wide secret watch ------------------------------------------------------------
+# Every log record emitted in the test process, at every level of factorflow's loggers, is
+# checked for the secrets the tests use; one leak anywhere fails the run. (Server processes
+# started by the acceptance tests are checked by those tests, on their captured output.)
+WATCHED_SECRETS: set[str] = {SECRET}
+
+
+class _SecretWatch(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.leaks: list[str] = []
+        self.seen = 0
+        self._format = JsonFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen += 1
+        text = self._format.format(record)
+        for secret in WATCHED_SECRETS:
+            if secret in text:
+                self.leaks.append(text[:400])
+
+
+_WATCH = _SecretWatch()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    logging.getLogger().addHandler(_WATCH)
+    logging.getLogger("factorflow").setLevel(logging.DEBUG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    logging.getLogger().removeHandler(_WATCH)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if _WATCH.leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(f"SECRET LEAK: {len(_WATCH.leaks)} log line(s) contain a "
+                                "test secret:", red=True)
+            for line in _WATCH.leaks[:20]:
+                reporter.write_line(f"  {line}")
+    elif reporter is not None:
+        reporter.write_line(f"secret watch: {_WATCH.seen} log records checked, no secret found")

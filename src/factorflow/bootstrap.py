@@ -95,9 +95,8 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
 def build_pipeline_checks(settings: Settings) -> list[str]:
     """Load every org's rules and directory and every connector's settings, as the worker
     would at start; a line per thing checked. Raises ConfigError / InvalidRules."""
-    from factorflow.connectors.registry import build_connectors
-
     from factorflow.actions.registry import BUILTIN_KINDS
+    from factorflow.connectors.registry import build_connectors
 
     lines = []
     used: dict[str, set[str]] = {}

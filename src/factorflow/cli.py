@@ -47,9 +47,11 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
 
     from factorflow.bootstrap import build_app
     from factorflow.logs import configure_logging
+    from factorflow.secrets_source import user_hash_key
 
     settings = _settings(config_path)
-    configure_logging(settings.log.format, settings.log.level)
+    configure_logging(settings.log.format, settings.log.level,
+                      user_hash_key=user_hash_key(settings))
     try:
         app = build_app(
             settings, worker=settings.workflows.enabled if worker is None else worker

@@ -24,10 +24,12 @@ def worker(config_path: Path | None) -> None:
     """
     from factorflow.bootstrap import build_engine
     from factorflow.logs import configure_logging
+    from factorflow.secrets_source import user_hash_key
     from factorflow.store.factory import open_store
 
     settings = _settings(config_path)
-    configure_logging(settings.log.format, settings.log.level)
+    configure_logging(settings.log.format, settings.log.level,
+                      user_hash_key=user_hash_key(settings))
     try:
         store = open_store(settings.store_url())
         engine = build_engine(settings, store)

@@ -84,3 +84,23 @@ def _generated_secret(path: Path) -> str:
     )
     return value
 
+
+
+USER_HASH_KEY_FILE = "log-user-hash-key"
+
+
+def user_hash_key(settings: Settings) -> bytes | None:
+    """The key for hashing user identifiers in logs, when ``log.hash_user_ids`` is on: kept in
+    the data directory (owner-only) so every process sharing it hashes a user the same way."""
+    if not settings.log.hash_user_ids:
+        return None
+    path = settings.data_dir / USER_HASH_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    return path.read_bytes().strip()

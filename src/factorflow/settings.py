@@ -150,6 +150,9 @@ class WorkflowSettings(_Section):
 class LogSettings(_Section):
     format: Literal["json", "text"] = "json"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    hash_user_ids: bool = Field(
+        False, description="log user ids and logins as keyed hashes (privacy-sensitive sites)"
+    )
 
 
 class Settings(BaseSettings):

@@ -110,6 +110,11 @@ class Pipeline:
             reason = self._twin_reason(fact)
         status = READY if reason is None else FILTERED
         self.facts.save_fact(fact, "pending" if status == READY else FILTERED, reason)
+        log.info("pipeline.filtered" if reason else "pipeline.prepared", extra={"fields": {
+            "event_uuid": uuid, "org": fact.org, "kind": fact.kind.value,
+            "factor": fact.factor.type, "enrolled_by": fact.enrolled_by.value,
+            "user_id": fact.user.id if fact.user else None, "reason": reason,
+        }})
         if reason is not None:
             self.facts.record_decision(uuid, "screen", FILTERED, reason, {}, {"filtered": reason})
         return {"status": status, "reason": reason}
@@ -166,6 +171,11 @@ class Pipeline:
         record = {**plan.record, "suppressed": suppressed}
         self.facts.record_decision(uuid, run_id, "decided", None, snapshot, record)
         self.facts.save_fact(fact, "decided", None)
+        log.info("pipeline.decided", extra={"fields": {
+            "event_uuid": uuid, "run_id": run_id, "org": fact.org,
+            "matched": record.get("matched_rules"), "actions": len(to_run),
+            "suppressed": sorted(suppressed), "failed": len(plan.failed),
+        }})
         return to_run
 
     def attempt(self, uuid: str, request_data: dict[str, Any], attempt: int) -> dict[str, Any]:
@@ -185,6 +195,12 @@ class Pipeline:
             result = self._perform(handler, request, uuid)
         label = "ok" if result.ok else ("transient" if result.transient else "permanent")
         self.actions.record_attempt(request, uuid, attempt, label, result.detail)
+        log.log(logging.INFO if result.ok else logging.WARNING,
+                "action.done" if result.ok else "action.failed", extra={"fields": {
+                    "event_uuid": uuid, "kind": request.kind, "rule_id": request.rule_id,
+                    "action_id": request.action_id, "attempt": attempt, "result": label,
+                    "status": result.status, "detail": result.detail[:300],
+                }})
         if result.ok:
             self.actions.record_result(request, uuid, ActionOutcome(
                 OutcomeStatus(result.status), result.detail, result.reference, attempt
@@ -209,6 +225,10 @@ class Pipeline:
         self, uuid: str, request_data: dict[str, Any], reason: str, attempts: int
     ) -> int:
         request = request_from_dict(request_data)
+        log.warning("action.dead_lettered", extra={"fields": {
+            "event_uuid": uuid, "kind": request.kind, "rule_id": request.rule_id,
+            "action_id": request.action_id, "attempts": attempts, "reason": reason[:300],
+        }})
         self.actions.record_result(request, uuid, ActionOutcome(
             OutcomeStatus.DEAD, reason, attempts=attempts
         ))
