@@ -417,6 +417,20 @@ def test_wrong_password_is_permanent_535_and_the_password_is_not_shown(
     assert submission.mailbox.received == []
 
 
+def test_a_server_that_requires_auth_refuses_an_anonymous_sender_permanently(
+    submission: Smtp, tls: Tls, http: httpx.Client
+) -> None:
+    settings = over_tls(submission, tls)
+    del settings["username"], settings["password"]
+    handler = connector(http, **settings)
+
+    with pytest.raises(PermanentActionError) as caught:
+        handler.perform(request_for_rule(), FACT)
+
+    assert "530" in str(caught.value)
+    assert submission.mailbox.received == []
+
+
 def test_a_certificate_from_an_untrusted_ca_is_permanent(
     submission: Smtp, tls: Tls, http: httpx.Client
 ) -> None:

@@ -32,10 +32,11 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, 
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 ROUTING_KEY = "R0ut1ngK3yF0rTh3Ev3ntsAp1V2xx01a"
 assert len(ROUTING_KEY) == 32
+WATCHED_SECRETS.add(ROUTING_KEY)  # never in a log line
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 _EVENTS = [orjson.loads(line)

@@ -37,7 +37,7 @@ from factorflow.domain.facts import Fact, Person
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 BOT_TOKEN = "xoxb-1111111111-2222222222-SlackDoubleBotTokenValue"
 WEBHOOK_PATH = "/services/T0ORG0001/B0HOOK0001/WebhookSecretPart0123456789"
@@ -45,6 +45,7 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SECOPS = "C0SECOPS01"  # the bot is a member
 ALERTS = "C0ALERTS01"  # the bot is a member
 LOUNGE = "C0LOUNGE01"  # the bot was never invited
+WATCHED_SECRETS.update({BOT_TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1]})  # never in a log line
 
 _ACTIVATE = next(
     orjson.loads(line)

@@ -36,7 +36,7 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, 
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 FLOW_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -45,6 +45,7 @@ SIG = "SigSecretPart-3uYw9n2Kq8LxZp4RtVb7"
 FLOW_QUERY = f"api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={SIG}"
 LEGACY_PATH = ("/webhookb2/6f0c2c4e-1111-2222-3333-444455556666@0a1b2c3d-7777-8888-9999-"
                "aaaabbbbcccc/IncomingWebhook/LegacySecretPart42/9d8c7b6a-0000-1111-2222-333344445555")
+WATCHED_SECRETS.update({SIG, "LegacySecretPart42"})  # never in a log line
 
 _ACTIVATE = next(
     orjson.loads(line)
