@@ -32,13 +32,18 @@ def screen(fact: Fact, policy: ScreenPolicy) -> str | None:
         return f"event type {fact.event_type} is not subscribed"
     if fact.outcome is not None and fact.outcome != "SUCCESS":
         return f"outcome is {fact.outcome}, not SUCCESS"
-    if fact.actor is not None and policy.own_actors & {
-        value for value in (fact.actor.id, fact.actor.login) if value
-    }:
+    if fact.actor is not None and _is_own(fact.actor.id, fact.actor.login, policy.own_actors):
         return "caused by factorflow's own service account (loop guard)"
     if fact.client.client_id and fact.client.client_id in policy.own_actors:
         return "caused by factorflow's own API client (loop guard)"
     return None
+
+
+def _is_own(actor_id: str | None, login: str | None, own: frozenset[str]) -> bool:
+    # Okta ids are case-sensitive; logins are not.
+    if actor_id and actor_id in own:
+        return True
+    return login is not None and login.casefold() in {value.casefold() for value in own}
 
 
 def twin_family(fact: Fact) -> str | None:
