@@ -142,7 +142,7 @@ def events_list(config_path: Path | None, limit: int, as_json: bool) -> None:
     """Recent events: time, type, user, factor if known."""
     import orjson
 
-    from factorflow.okta.summary import factor_of, user_of
+    from factorflow.okta.translate import to_fact
 
     store = _open(config_path)
     rows = store.recent_events(limit)
@@ -151,8 +151,8 @@ def events_list(config_path: Path | None, limit: int, as_json: bool) -> None:
         click.echo("no events stored yet")
         return
     for row in rows:
-        event = orjson.loads(row.raw)
-        user, factor = user_of(event), factor_of(event)
+        fact = to_fact(orjson.loads(row.raw), org=row.org, received_at=row.received_at)
+        user, factor = fact.user_label, fact.factor.label
         if as_json:
             click.echo(orjson.dumps({
                 "uuid": row.uuid, "published": row.published, "received_at": row.received_at,

@@ -80,7 +80,7 @@ def test_config_check_passes_with_defaults_and_says_a_secret_will_be_generated(
     monkeypatch.delenv("FACTORFLOW_HOOK__SECRET")
     result = run("config", "check")
     assert result.exit_code == 0, result.output
-    assert "hook: /hooks/okta, header 'Authorization'" in result.output
+    assert "org default: hook /hooks/okta, header 'Authorization'" in result.output
     assert "secret will be generated on first start" in result.output
     assert "store: sqlite" in result.output
     assert "configuration OK" in result.output

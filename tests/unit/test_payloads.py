@@ -24,7 +24,7 @@ from factorflow.okta.payloads import (
     normalise_timestamp,
     parse_delivery,
 )
-from factorflow.okta.summary import factor_of, user_of
+from factorflow.okta.translate import to_fact
 
 HOOK_SOURCE = "https://example.okta.com/api/v1/eventHooks/whoExampleHook0000001"
 
@@ -325,6 +325,14 @@ def test_targets_in_any_order_are_kept_as_sent_and_read_alike() -> None:
     for event in (one, other):
         assert user_of(event) == "pat.lee@example.com"
         assert factor_of(event) == "Okta Verify (PUSH)"
+
+
+def user_of(event: dict[str, Any]) -> str | None:
+    return to_fact(event).user_label
+
+
+def factor_of(event: dict[str, Any]) -> str | None:
+    return to_fact(event).factor.label
 
 
 def test_raw_is_compact_json_of_the_event() -> None:

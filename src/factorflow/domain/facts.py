@@ -64,6 +64,13 @@ class Factor:
     verified_properties: tuple[str, ...] = ()
     enrollment_id: str | None = None
 
+    @property
+    def label(self) -> str | None:
+        """The factor as Okta named it, for people: "Okta Verify (PUSH)", "EMAIL_FACTOR"."""
+        if self.authenticator:
+            return f"{self.authenticator} ({self.method})" if self.method else self.authenticator
+        return self.reason_name or self.debug_factor
+
 
 @dataclass(frozen=True, slots=True)
 class Client:
@@ -117,6 +124,10 @@ class Fact:
     api_token_id: str | None = None
     display_message: str | None = None
     severity: str | None = None
+
+    @property
+    def user_label(self) -> str | None:
+        return (self.user.login or self.user.id) if self.user else None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (enums as their values, tuples as lists)."""
