@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,10 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
 
     options = settings.pipeline
     orgs = settings.org_list()
-    deciders = {org.name: RulesDecider(load_configured_rules(org.rules_file)) for org in orgs}
+    deciders = {
+        org.name: RulesDecider(load_configured_rules(org.rules_file, settings.connectors))
+        for org in orgs
+    }
     enrichers = {org.name: build_enricher(org.directory_file) for org in orgs}
     # One HTTP client (connection pool, timeouts, no redirects) for every outbound action.
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
@@ -101,7 +105,7 @@ def build_pipeline_checks(settings: Settings) -> list[str]:
     lines = []
     used: dict[str, set[str]] = {}
     for org in settings.org_list():
-        ruleset = load_configured_rules(org.rules_file)
+        ruleset = load_configured_rules(org.rules_file, settings.connectors)
         build_enricher(org.directory_file)
         lines.append(f"org {org.name}: rules {ruleset.source}: {len(ruleset.rules)} rule(s)")
         for rule in ruleset.rules:
@@ -119,12 +123,16 @@ def build_pipeline_checks(settings: Settings) -> list[str]:
     return lines
 
 
-def load_configured_rules(rules_file: Path | None) -> Any:
-    """The rules file, or (without one) rules that report every fact."""
+def load_configured_rules(rules_file: Path | None, connectors: Iterable[str] = ()) -> Any:
+    """The rules file, or (without one) rules that report every fact. ``connectors`` are the
+    configured connector kinds: a third-party one becomes a kind the rules may name."""
+    from factorflow.rules.action_kinds import BUILTIN_ACTION_KINDS, ActionKind, extend_kinds
     from factorflow.rules.loader import load_rules, parse_rules
 
     if rules_file is not None:
-        return load_rules(rules_file)
+        extra = [ActionKind(kind, (), f"connector {kind}") for kind in connectors
+                 if kind not in BUILTIN_ACTION_KINDS]
+        return load_rules(rules_file, action_kinds=extend_kinds(extra))
     return parse_rules(
         "version: 1\nmatch: all\nrules: []\n", source="(no rules file: report only)"
     )

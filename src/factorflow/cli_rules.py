@@ -122,7 +122,7 @@ def rules_explain(config_path: Path | None, uuid: str, live: bool) -> None:
             fact = Pipeline.fact_from(ledger, uuid)
             org = next((o for o in settings.org_list() if o.name == fact.org),
                        settings.org_list()[0])
-            ruleset = load_configured_rules(org.rules_file)
+            ruleset = load_configured_rules(org.rules_file, settings.connectors)
         except (FactorflowError, EventMissing) as exc:
             raise click.ClickException(str(exc)) from None
         decisions = [d for d in ledger.decisions_of(uuid) if d["status"] == "decided"]

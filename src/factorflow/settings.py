@@ -171,6 +171,7 @@ class Settings(BaseSettings):
     )
     connectors: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
+        repr=False,  # raw sections hold passwords and tokens until each connector validates them
         description="[connectors.<kind>] sections; each connector validates its own keys",
     )
     workflows: WorkflowSettings = WorkflowSettings()

@@ -38,7 +38,7 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 _ACTIVATE = next(
     orjson.loads(line)
@@ -50,6 +50,7 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 USERNAME = "factorflow-relay"
 PASSWORD = "s3cret-smtp-password-7f3a"
 SENDER = "factorflow@example.org"
+WATCHED_SECRETS.add(PASSWORD)  # never in a log line
 
 RULES = """
 version: 1
@@ -336,7 +337,7 @@ def test_without_params_the_defaults_come_from_the_settings_and_the_fact(
     handler = connector(http, port=plain.port, security="none",
                         to=["soc@example.org", "Audit <audit@example.org>"])
 
-    handler.perform(plain_request(), FACT)
+    handler.perform(plain_request(to="  ", subject="", text=" "), FACT)  # blank: defaults
 
     (got,) = plain.mailbox.received
     assert not got.encrypted and got.login is None

@@ -32,7 +32,7 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 _ACTIVATE = next(
     orjson.loads(line)
@@ -44,7 +44,7 @@ NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ALIAS = "6a1b2c3d4e5f60718293a4b5c6d7e8f9"
 CLIENT_TOKEN = "ct-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 ACCESS_TOKEN = "eyJraWQiOiJ0ZXN0In0.eyJzY3AiOlsib2t0YS53b3JrZmxvd3MuaW52b2tlLm1hbmFnZSJdfQ.sig"
-SCOPE = "okta.workflows.invoke.manage"
+WATCHED_SECRETS.update({CLIENT_TOKEN, ACCESS_TOKEN})  # never in a log line
 
 RULES = """
 version: 1

@@ -19,17 +19,25 @@ import httpx
 import orjson
 import pytest
 
-from factorflow.connectors.registry import BUILTIN, ENTRY_POINT_GROUP, available, build_connectors
+from factorflow.connectors.base import ConnectorSettings
+from factorflow.connectors.registry import (
+    BUILTIN,
+    ENTRY_POINT_GROUP,
+    available,
+    build_connectors,
+    load_factory,
+)
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, InvalidRules
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
 from factorflow.rules.action_kinds import ActionKind, extend_kinds
 from factorflow.settings import load_settings
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, WATCHED_SECRETS
 
 MODULE = "ffx_ticker_connector"
 API_KEY = "tk-live-0d9c8b7a6f5e4d3c"
+WATCHED_SECRETS.add(API_KEY)  # never in a log line
 BUILTIN_KINDS = {"email", "jira", "okta_workflows", "pagerduty", "servicenow", "slack", "teams"}
 
 _ACTIVATE = next(
@@ -134,9 +142,19 @@ def request(key: str = "ff-00000000000000000000000000000001", **params: Any) -> 
 def test_available_lists_the_built_in_connectors() -> None:
     found = available()
 
-    assert set(BUILTIN) == BUILTIN_KINDS
-    assert {kind: found[kind] for kind in BUILTIN_KINDS} == {
+    assert set(BUILTIN) >= BUILTIN_KINDS
+    assert {kind: found[kind] for kind in BUILTIN} == BUILTIN
+    assert {kind: BUILTIN[kind] for kind in BUILTIN_KINDS} == {
         kind: f"factorflow.connectors.{kind}:FACTORY" for kind in BUILTIN_KINDS}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILTIN))
+def test_every_built_in_factory_loads_and_names_its_kind(kind: str) -> None:
+    factory = load_factory(kind)
+
+    assert factory.kind == kind
+    assert issubclass(factory.settings_model, ConnectorSettings)
+    assert factory.settings_model.model_config.get("extra") == "forbid"
 
 
 def test_an_installed_distribution_adds_its_kinds_but_cannot_replace_a_built_in(

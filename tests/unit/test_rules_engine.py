@@ -119,12 +119,12 @@ def test_defaults_apply_only_when_no_rule_matches() -> None:
           actions:
             - id: unmatched
               kind: webhook
-              params: {url: "https://example.com/in", event: "{{ fact.uuid }}"}
+              params: {url: "https://example.com/in", secret: hooks, event: "{{ fact.uuid }}"}
         rules: []
     """)
     decision = evaluate(custom, email, NOBODY)
     assert [(a.rule_id, dict(a.params)) for a in decision.actions] == [
-        ("defaults", {"url": "https://example.com/in", "event": email.uuid})]
+        ("defaults", {"url": "https://example.com/in", "secret": "hooks", "event": email.uuid})]
     silent = rules("version: 1\nmatch: all\ndefaults: {actions: []}\nrules: []\n")
     assert evaluate(silent, email, NOBODY).actions == ()
 

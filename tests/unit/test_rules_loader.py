@@ -252,7 +252,7 @@ def test_condition_shape_problems(when: str, problem: str) -> None:
         ("{id: r, actions: [{id: a}]}", "actions[0].kind: required"),
         ("{id: r, actions: [{id: a, kind: report, param: {}}]}",
          "actions[0].param: unknown key (did you mean 'params'? allowed: id, kind, params)"),
-        ("{id: r, actions: [{id: a, kind: webhook, params: {url: ''}}]}",
+        ("{id: r, actions: [{id: a, kind: webhook, params: {url: '', secret: s}}]}",
          "action 'a': params.url: required for kind 'webhook' (a non-empty string)"),
         ("{id: r, actions: [{id: a, kind: register, params: {register: [x]}}]}",
          "action 'a': params.register: required for kind 'register' (a non-empty string)"),

@@ -186,12 +186,13 @@ class EmailHandler:
     def perform(self, request: ActionRequest, fact: Fact) -> ActionOutcome:
         message, recipients = self.compose(request, fact)
         refused = self._send(request, message, [a.addr_spec for a in recipients])
-        if refused:
-            raise _partial(request, refused, len(recipients))
+        if refused:  # the others accepted it
+            raise _refused(f"{where(request)}: SMTP {self._server}", refused,
+                           accepted=len(recipients) - len(refused))
         return ActionOutcome(
             OutcomeStatus.DONE,
             f"sent to {len(recipients)} recipient(s) via {self._server}",
-            reference=message["Message-ID"],
+            reference=message_id(request.idempotency_key),
         )
 
     def compose(self, request: ActionRequest, fact: Fact) -> tuple[EmailMessage, list[Address]]:
@@ -217,6 +218,8 @@ class EmailHandler:
 
     def _recipients(self, request: ActionRequest) -> list[Address]:
         value = param(request, "to")
+        if isinstance(value, str):
+            value = value.strip()
         if value is None or (isinstance(value, str | list | tuple) and not value):
             if not self._default_to:
                 raise PermanentActionError(
@@ -307,12 +310,6 @@ def _refused(
     if all(400 <= code <= 499 for code, _ in refused.values()):
         return TransientActionError(message)
     return PermanentActionError(message)
-
-
-def _partial(
-    request: ActionRequest, refused: dict[str, tuple[int, bytes]], total: int
-) -> ActionError:
-    return _refused(f"{where(request)}: SMTP", refused, accepted=total - len(refused))
 
 
 def _excerpt(reply: bytes | str, limit: int = 200) -> str:

@@ -30,7 +30,8 @@ BUILTIN_ACTION_KINDS: Mapping[str, ActionKind] = _kinds(
     ActionKind("checkpoint", ("campaign",), "mark the user's migration campaign step as done"),
     ActionKind("register", ("register",), "add an entry to an access review or exception register"),
     ActionKind("report", (), "keep the event for reporting only"),
-    ActionKind("webhook", ("url",), "POST the rendered params as JSON to a URL"),
+    ActionKind("webhook", ("url", "secret"),
+               "POST the fact and the rendered params, signed (Standard Webhooks), to a URL"),
     # connectors
     ActionKind("jira", (), "create a Jira issue"),
     ActionKind("servicenow", (), "create a ServiceNow record"),
