@@ -36,8 +36,8 @@ def resolve_credentials(
     owner only: deliveries are never unauthenticated."""
     org = org or settings.org_list()[0]
     hook = org.hook
-    current = _one(hook.secret, hook.secret_file, "hook.secret")
-    previous = _one(hook.previous_secret, hook.previous_secret_file, "hook.previous_secret")
+    current = read_secret(hook.secret, hook.secret_file, "hook.secret")
+    previous = read_secret(hook.previous_secret, hook.previous_secret_file, "hook.previous_secret")
     if current is None and previous is not None:
         raise ConfigError("hook.previous_secret is set but hook.secret is not")
     generated_at: Path | None = None
@@ -51,7 +51,9 @@ def resolve_credentials(
     return HookCredentials(header=hook.auth_header, accepted=accepted, generated_at=generated_at)
 
 
-def _one(value: SecretStr | None, path: Path | None, key: str) -> str | None:
+def read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | None:
+    """A secret given directly or as a file named by ``<key>_file``: never both, never empty;
+    errors name the key, never the value."""
     if value is not None and path is not None:
         raise ConfigError(f"{key} and {key}_file are both set; set one of them")
     if path is not None:

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from factorflow.errors import ConfigError
+from factorflow.pipeline.screening import DEFAULT_EVENT_TYPES
 
 ENV_PREFIX = "FACTORFLOW_"
 _ORG_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -112,14 +113,7 @@ class PipelineSettings(_Section):
     directory_file: Path | None = Field(
         None, description="YAML or CSV export of users, their attributes and groups"
     )
-    event_types: tuple[str, ...] = (
-        "user.mfa.factor.activate",
-        "user.mfa.factor.deactivate",
-        "user.mfa.factor.reset_all",
-        "user.mfa.factor.suspend",
-        "user.mfa.factor.unsuspend",
-        "user.mfa.factor.update",
-    )
+    event_types: tuple[str, ...] = DEFAULT_EVENT_TYPES
     own_actor_ids: tuple[str, ...] = Field(
         (), description="factorflow's own Okta service account / app ids: their events loop"
     )

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from factorflow.actions.base import ActionHandler
 from factorflow.domain.actions import ActionRequest
-from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
+from factorflow.errors import PermanentActionError, TransientActionError
+from factorflow.secrets_source import read_secret
 
 Clock = Callable[[], datetime]
 
@@ -33,16 +34,8 @@ class ConnectorSettings(BaseModel):
 
 
 def secret_value(value: SecretStr | None, path: Path | None, key: str) -> str | None:
-    """A secret given directly or as ``<key>_file``; never both."""
-    if value is not None and path is not None:
-        raise ConfigError(f"{key} and {key}_file are both set; set one of them")
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}_file {path}: cannot read: {exc.strerror}") from None
-        return text or None
-    return value.get_secret_value() if value is not None else None
+    """A secret given directly or as ``<key>_file``; never both, never empty."""
+    return read_secret(value, path, key)
 
 
 class ConnectorFactory(Protocol):
