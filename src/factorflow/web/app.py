@@ -21,6 +21,7 @@ from factorflow.store.migrations import latest_version
 from factorflow.store.sql import SqlEventStore
 from factorflow.web.hooks import HookEndpoint, Receive, Scope, Send
 from factorflow.web.metrics import ReceiverMetrics
+from factorflow.web.openapi import openapi_document
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class FactorflowApp:
                 Route("/healthz", self._healthz),
                 Route("/readyz", self._readyz),
                 Route("/metrics", self._metrics),
+                Route("/openapi.json", self._openapi),
             ],
             lifespan=self._lifespan,
         )
@@ -106,6 +108,11 @@ class FactorflowApp:
         ok = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
                             status_code=200 if ok else 503)
+
+    async def _openapi(self, _request: Request) -> Response:
+        return JSONResponse(openapi_document(
+            {path: (hook.org, hook.header_name) for path, hook in self.hooks.items()}
+        ))
 
     async def _metrics(self, _request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

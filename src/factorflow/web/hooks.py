@@ -8,6 +8,7 @@ No outbound call is made while Okta waits.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -33,6 +34,9 @@ Send = Callable[[Message], Awaitable[None]]
 
 CHALLENGE_HEADER = b"x-okta-verification-challenge"
 MAX_CHALLENGE_LENGTH = 1024
+# A client that trickles its body (slow-loris) holds a connection; Okta itself gives up on a
+# delivery after 3 s, so a body that takes longer than this is not Okta's.
+BODY_TIMEOUT_SECONDS = 10.0
 RESULT_HEADER = b"factorflow-result"
 
 
@@ -47,6 +51,7 @@ class HookEndpoint:
         max_body_bytes: int,
     ) -> None:
         self.org = org
+        self.header_name = credentials.header
         self._header = credentials.header.lower().encode("latin-1")
         self._accepted = credentials.accepted
         self._committer = committer
@@ -123,7 +128,13 @@ class HookEndpoint:
         self, headers: dict[bytes, bytes], receive: Receive, send: Send, started: float
     ) -> None:
         _check_content_type(headers.get(b"content-type"))
-        body = await _read_body(headers, receive, self._max_body)
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                body = await _read_body(headers, receive, self._max_body)
+        except TimeoutError:
+            raise RejectedDelivery(
+                408, "body_timeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s"
+            ) from None
         delivery = parse_delivery(body)
         receipt = Receipt(
             delivery_id=delivery.delivery_id,
