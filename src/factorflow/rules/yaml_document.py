@@ -37,7 +37,11 @@ class YamlDocument:
 
 
 def parse_yaml(text: str) -> YamlDocument:
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader rejects control characters already while it is being constructed.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise YamlProblems([(None, f"YAML error: {exc}")]) from None
     try:
         root = loader.get_single_node()
         if root is None:
