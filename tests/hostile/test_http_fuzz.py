@@ -50,7 +50,7 @@ def test_no_server_error_for_any_generated_request(server: ServerProcess) -> Non
         def probe(case: schemathesis.Case) -> None:
             for headers in ({"Authorization": SECRET}, {}):
                 response = case.call(base_url=server.base_url, headers=headers, timeout=10)
-                CASES_TRIED.append(operation.label)
+                CASES_TRIED.append(case.operation.label)
                 assert response.status_code < 500, (case.as_curl_command(),
                                                      response.text[:200])
 
