@@ -319,11 +319,11 @@ def _open(config_path: Path | None) -> Any:
 def _register_commands() -> None:
     # The command groups live in their own modules, which import helpers from this one;
     # they are attached here, once this module is complete.
-    from factorflow import cli_actions, cli_rules, cli_workflows
+    from factorflow import cli_actions, cli_okta, cli_rules, cli_workflows
 
     for command in (
         cli_rules.rules, cli_actions.audit, cli_actions.register, cli_actions.campaigns,
-        cli_workflows.worker, cli_workflows.dlq, cli_workflows.replay,
+        cli_workflows.worker, cli_workflows.dlq, cli_workflows.replay, cli_okta.simulate,
     ):
         main.add_command(command)
 

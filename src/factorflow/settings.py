@@ -12,8 +12,9 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -27,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from factorflow.errors import ConfigError
+from factorflow.okta.api_settings import OktaApiSettings
 from factorflow.pipeline.screening import DEFAULT_EVENT_TYPES
 
 ENV_PREFIX = "FACTORFLOW_"
@@ -81,6 +83,7 @@ class OrgSettings(_Section):
     hook: HookSettings = HookSettings()
     rules_file: Path | None = None
     directory_file: Path | None = None
+    okta: OktaApiSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Org:
     rules_file: Path | None
     directory_file: Path | None
     secret_file_name: str  # where a generated hook secret is kept, in data_dir
+    okta: OktaApiSettings | None = None  # the org's API, for enrichment and the System Log
 
 
 class StoreSettings(_Section):
@@ -149,6 +153,78 @@ class LogSettings(_Section):
     )
 
 
+class OidcSettings(_Section):
+    """Dashboard sign-in through an OpenID Connect provider (Okta): the authorization code
+    flow with PKCE. Configured when ``issuer`` and ``client_id`` are set."""
+
+    issuer: str | None = Field(
+        None, description="e.g. https://example.okta.com/oauth2/default (discovery is read "
+        "from <issuer>/.well-known/openid-configuration)",
+    )
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: Path | None = None
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups")
+    groups_claim: str = "groups"
+    viewer_groups: tuple[str, ...] = Field(
+        (), description="may view the dashboard; empty: anyone the provider signs in"
+    )
+    operator_groups: tuple[str, ...] = Field(
+        (), description="may also retry and discard dead letters; empty: nobody via OIDC"
+    )
+    label: str = Field("Okta", min_length=1, max_length=40)
+    allow_http_issuer: bool = Field(
+        False, description="accept an http:// issuer on a loopback address (local test servers)"
+    )
+
+
+class UiSettings(_Section):
+    """The dashboard under /ui. Sign-in: the local admin (a password or its hash; without
+    either and without OIDC, a password is generated into data_dir) and/or OIDC."""
+
+    enabled: bool = True
+    admin_username: str = Field("admin", min_length=1, max_length=64)
+    admin_password: SecretStr | None = None
+    admin_password_file: Path | None = None
+    admin_password_hash: SecretStr | None = Field(
+        None, description="pbkdf2_sha256$<iterations>$<salt>$<hash> "
+        "(python -m factorflow.web.ui.passwords)",
+    )
+    session_secret: SecretStr | None = None
+    session_secret_file: Path | None = None
+    session_max_age_seconds: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600)
+    cookie_secure: bool = Field(
+        True, description="Secure cookies; browsers accept them on https and on localhost"
+    )
+    public_url: str | None = Field(
+        None, description="the dashboard's external base URL (https://host), for OIDC "
+        "redirects; default: taken from each request",
+    )
+    cache_seconds: float = Field(
+        30.0, ge=0, le=3600, description="how long overview and report figures are reused"
+    )
+    oidc: OidcSettings = OidcSettings()
+
+
+class CampaignSettings(_Section):
+    """A migration campaign: a population (a group of the org's directory file) that must
+    enroll a required authenticator. The ``checkpoint`` action with ``campaign: <name>``
+    marks each user complete."""
+
+    description: str = ""
+    org: str | None = Field(None, description="default: the first org")
+    population_group: str = Field(
+        ..., min_length=1, description="a group name (or id) in the org's directory file"
+    )
+    required_strength: tuple[str, ...] = Field(
+        (), description="strength classes that complete it (documentation)"
+    )
+    required_factor_types: tuple[str, ...] = Field(
+        (), description="factor types that complete it (documentation)"
+    )
+    deadline: date | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
@@ -160,6 +236,9 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
     actions: ActionSettings = ActionSettings()
+    okta: OktaApiSettings | None = Field(
+        None, description="[okta]: the org's API (single-org deployments; else [orgs.<n>.okta])"
+    )
     orgs: dict[str, OrgSettings] = Field(
         default_factory=dict, description="[orgs.<name>] sections for several Okta orgs"
     )
@@ -170,6 +249,10 @@ class Settings(BaseSettings):
     )
     workflows: WorkflowSettings = WorkflowSettings()
     log: LogSettings = LogSettings()
+    ui: UiSettings = UiSettings()
+    campaigns: dict[str, CampaignSettings] = Field(
+        default_factory=dict, description="[campaigns.<name>] migration campaigns"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -201,9 +284,10 @@ class Settings(BaseSettings):
         """Every configured org with its hook, rules and directory."""
         if not self.orgs:
             return [Org(self.hook.org, self.hook, self.pipeline.rules_file,
-                        self.pipeline.directory_file, "hook-secret")]
+                        self.pipeline.directory_file, "hook-secret", self.okta)]
         return [
-            Org(name, org.hook, org.rules_file, org.directory_file, f"hook-secret-{name}")
+            Org(name, org.hook, org.rules_file, org.directory_file, f"hook-secret-{name}",
+                org.okta)
             for name, org in sorted(self.orgs.items())
         ]
 
@@ -243,12 +327,21 @@ _OTHER_VARIABLES = ("FACTORFLOW_CONFIG",)
 _OTHER_PREFIXES = ("FACTORFLOW_TEST_", "FACTORFLOW_BENCH_")
 
 
+def _is_section(annotation: Any) -> bool:
+    """A model or a mapping (possibly optional): its keys come as SECTION__KEY."""
+    candidates = [annotation, *get_args(annotation)]
+    return any(
+        (isinstance(c, type) and issubclass(c, BaseModel)) or get_origin(c) is dict
+        for c in candidates
+    )
+
+
 def unknown_environment() -> list[str]:
     """FACTORFLOW_ variables that name no setting: a typo such as FACTORFLOW_HOOK_SECRET
     (one underscore) would otherwise be ignored and a secret generated instead."""
     sections = {
         name.upper() for name, field in Settings.model_fields.items()
-        if isinstance(field.default, BaseModel) or field.default_factory is not None
+        if _is_section(field.annotation)
     }
     top = {name.upper() for name in Settings.model_fields} - sections
     unknown = []
