@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -57,6 +57,7 @@ class ServerProcess:
         data_dir: Path | None = None,
         name: str = "server",
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
         ready_timeout: float = 30.0,
     ) -> None:
         self.workdir = workdir
@@ -69,6 +70,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self._store_url = store_url
         self._extra_env = dict(env or {})
+        self._extra_args = list(args)  # more ``serve`` options, e.g. ``--no-worker``
         self._log: IO[bytes] | None = None
         self._log_offset = 0  # where the current launch's output starts in the log file
 
@@ -135,7 +137,7 @@ class ServerProcess:
         self._log_offset = len(self.log_text())
         command = [
             sys.executable, "-m", "factorflow.cli", "serve",
-            "--host", HOST, "--port", str(self.port),
+            "--host", HOST, "--port", str(self.port), *self._extra_args,
         ]
         self.proc = subprocess.Popen(
             command, cwd=self.workdir, env=self.environment(),

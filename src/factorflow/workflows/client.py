@@ -47,7 +47,7 @@ class WorkflowClient:
             return None
         return self._enqueue(
             "factorflow.retry_dead_letter", f"dlq-{dead_letter_id}-{letter.retries + 1}",
-            dead_letter_id, letter.event_uuid, letter.request,
+            dead_letter_id, letter.event_uuid, letter.request, by,
         )
 
     def result(self, workflow_id: str) -> Any:

@@ -142,8 +142,10 @@ def carry_out(uuid: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 @DBOS.workflow(name="factorflow.retry_dead_letter")
-def retry_dead_letter(dead_letter_id: int, uuid: str, request: dict[str, Any]) -> dict[str, Any]:
+def retry_dead_letter(
+    dead_letter_id: int, uuid: str, request: dict[str, Any], by: str = "retry"
+) -> dict[str, Any]:
     outcome = carry_out(uuid, request)
     if outcome["ok"]:
-        resolve_step(dead_letter_id, "resolved", "retry")
+        resolve_step(dead_letter_id, "resolved", by)
     return outcome
