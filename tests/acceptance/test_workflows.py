@@ -607,7 +607,7 @@ def test_permanent_failure_dead_letter_retry_and_discard(
     assert [r.status for r in peer.snapshot() if r.webhook_id == first_key] == [400, 204]
     assert peer.effect_counts() == Counter({first_key: 1})
     letter = {row[0]: row for row in dep.dead_letters()}[retry_id]
-    assert (letter[3], letter[6]) == ("resolved", 1)
+    assert (letter[3], letter[6], letter[7]) == ("resolved", 1, "alice")
 
     # A second retry of the same dead letter is refused, and changes nothing.
     requests_before = len(peer.snapshot())
