@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= src/factorflow/examples/factorflow.example.toml
 
-.PHONY: run test lint typecheck unit bench clean services
+.PHONY: run test lint typecheck unit bench bench-pipeline clean services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/factorflow serve --config $(CONFIG)
 
-## The whole test suite: lint, type check, tests (PostgreSQL is started if it is not running).
+## The whole test suite: lint, type check, tests (PostgreSQL is started if it is not running,
+## Debian's chromium is installed for the dashboard's browser tests if it is missing).
 test: $(STAMP) services
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
@@ -25,9 +26,14 @@ test: $(STAMP) services
 
 services:
 	@scripts/ensure-services
+	@scripts/ensure-chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/receiver.py
+
+## Pipeline events/s against a trivial DBOS workflow, SQLite and PostgreSQL (about six minutes).
+bench-pipeline: $(STAMP) services
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) factorflow-data .mypy_cache .ruff_cache .pytest_cache

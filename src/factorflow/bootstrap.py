@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from factorflow.okta.clients import OktaClients
 from factorflow.secrets_source import resolve_credentials
 from factorflow.settings import Settings
 from factorflow.store.factory import open_store
@@ -31,13 +32,18 @@ def build_app(
     orgs = settings.org_list()
     credentials = {org.name: resolve_credentials(settings, org=org) for org in orgs}
     store = store or open_store(settings.store_url())
+    from factorflow.web.ui.dashboard import build_ui
+
+    ui_routes, ui_close = build_ui(settings, store)  # the dashboard; ConfigError before the engine
     engine = build_engine(settings, store) if worker else None
     committer = GroupCommitter(
         store, max_batch=settings.store.max_batch,
         on_new_events=engine.wake if engine is not None else None,
     )
     metrics = ReceiverMetrics()
-    metrics.registry.register(StoreCollector(store))
+    metrics.registry.register(StoreCollector(
+        store, worker_dead_after_seconds=settings.workflows.dead_after_seconds
+    ))
     hooks = {
         org.hook.path: HookEndpoint(
             org=org.name, credentials=credentials[org.name], committer=committer,
@@ -47,6 +53,7 @@ def build_app(
     }
     return FactorflowApp(
         store=store, committer=committer, metrics=metrics, hooks=hooks, background=engine,
+        extra_routes=ui_routes, on_close=ui_close,
     )
 
 
@@ -66,11 +73,14 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
         org.name: RulesDecider(load_configured_rules(org.rules_file, settings.connectors))
         for org in orgs
     }
-    enrichers = {org.name: build_enricher(org.directory_file) for org in orgs}
+    # One Okta client per org with [okta]: enrichment, okta_group and the System Log share it.
+    okta = OktaClients.for_orgs(orgs)
     # One HTTP client (connection pool, timeouts, no redirects) for every outbound action.
     http = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
                         headers={"user-agent": "factorflow"})
     try:
+        enrichers = {org.name: build_enricher(org.directory_file, okta.get(org.name))
+                     for org in orgs}
         registry = builtin_registry(
             store, webhook_secrets=settings.actions.webhook_secrets, http=http
         )
@@ -79,8 +89,13 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
 
             for handler in build_connectors(settings.connectors, http):
                 registry.add(handler)
+        if okta:
+            from factorflow.actions.okta_group import OktaGroupHandler
+
+            registry.add(OktaGroupHandler(okta))
     except BaseException:
         http.close()
+        okta.close()
         raise
     handlers = {kind: registry.handler(kind) for kind in registry.kinds()}
     ledger = SqlPipelineLedger(store)
@@ -88,12 +103,28 @@ def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:
         events=ledger, facts=ledger, actions=ledger,
         policy=ScreenPolicy(
             event_types=frozenset(options.event_types),
-            own_actors=frozenset(options.own_actor_ids),
+            # factorflow's own service apps are its own actors, listed or not (loop guard)
+            own_actors=frozenset(options.own_actor_ids) | {
+                org.okta.client_id for org in orgs if org.okta and org.okta.client_id
+            },
         ),
         decide=deciders[orgs[0].name], enricher=enrichers[orgs[0].name], handlers=handlers,
         deciders_by_org=deciders, enrichers_by_org=enrichers,
     )
-    return pipeline, http
+    return pipeline, SharedClients(http, okta)
+
+
+class SharedClients:
+    """What the pipeline's adapters share, closed together: the actions' HTTP client and the
+    Okta clients by org."""
+
+    def __init__(self, http: httpx.Client, okta: OktaClients) -> None:
+        self.http = http
+        self.okta = okta
+
+    def close(self) -> None:
+        self.http.close()
+        self.okta.close()
 
 
 def build_pipeline_checks(settings: Settings) -> list[str]:
@@ -104,9 +135,13 @@ def build_pipeline_checks(settings: Settings) -> list[str]:
 
     lines = []
     used: dict[str, set[str]] = {}
+    with OktaClients.for_orgs(settings.org_list()) as okta:
+        for org in settings.org_list():
+            build_enricher(org.directory_file, okta.get(org.name))
+            if org.okta is not None:
+                lines.append(f"org {org.name}: okta {org.okta.org_url}: settings OK")
     for org in settings.org_list():
         ruleset = load_configured_rules(org.rules_file, settings.connectors)
-        build_enricher(org.directory_file)
         lines.append(f"org {org.name}: rules {ruleset.source}: {len(ruleset.rules)} rule(s)")
         for rule in ruleset.rules:
             for action in (*rule.actions, *ruleset.default_actions):
@@ -114,7 +149,10 @@ def build_pipeline_checks(settings: Settings) -> list[str]:
     with httpx.Client() as http:
         for handler in build_connectors(settings.connectors, http):
             lines.append(f"connector {handler.kind}: settings OK")
-    missing = sorted(set(used) - set(BUILTIN_KINDS) - set(settings.connectors))
+    available = set(BUILTIN_KINDS) | set(settings.connectors)
+    if any(org.okta is not None for org in settings.org_list()):
+        available.add("okta_group")
+    missing = sorted(set(used) - available)
     for kind in missing:
         lines.append(
             f"WARNING: rules {', '.join(sorted(used[kind]))} use action kind {kind!r} but "
@@ -138,13 +176,22 @@ def load_configured_rules(rules_file: Path | None, connectors: Iterable[str] = (
     )
 
 
-def build_enricher(directory_file: Path | None) -> Any:
+def build_enricher(directory_file: Path | None, okta: Any = None) -> Any:
+    """The directory file, the org's Okta client (``okta.enrich``), both, or nothing."""
     from factorflow.enrichment.directory import DirectoryEnrichment
     from factorflow.enrichment.port import NoEnrichment
 
-    if directory_file is not None:
-        return DirectoryEnrichment.from_file(directory_file)
-    return NoEnrichment()
+    directory = DirectoryEnrichment.from_file(directory_file) if directory_file else None
+    if okta is not None and okta.settings.enrich:
+        from factorflow.enrichment.okta import OktaEnrichment
+
+        options = okta.settings
+        return OktaEnrichment(
+            okta, ttl_seconds=options.enrichment_ttl_seconds,
+            cache_size=options.enrichment_cache_size, fallback=options.enrichment_fallback,
+            directory=directory,
+        )
+    return directory if directory is not None else NoEnrichment()
 
 
 def build_engine(settings: Settings, store: SqlEventStore) -> Any:
@@ -153,10 +200,32 @@ def build_engine(settings: Settings, store: SqlEventStore) -> Any:
     from factorflow.workflows.engine import WorkflowEngine
     from factorflow.workflows.retry import RetryPolicies, RetryPolicy
 
-    pipeline, http = build_pipeline(settings, store)
+    pipeline, clients = build_pipeline(settings, store)
     policies = {
         kind: RetryPolicy(**policy.model_dump())
         for kind, policy in settings.pipeline.retry.items()
     }
     retries = RetryPolicies(policies, default=policies.pop("default", RetryPolicy()))
-    return WorkflowEngine(settings, pipeline, SqlPipelineLedger(store), retries, http)
+    engine = WorkflowEngine(settings, pipeline, SqlPipelineLedger(store), retries, clients)
+    engine.pollers.extend(build_reconcile_pollers(settings, store, clients.okta, engine.wake))
+    return engine
+
+
+def build_reconcile_pollers(
+    settings: Settings, store: SqlEventStore, okta: OktaClients, wake: Any = None
+) -> list[Any]:
+    """A System Log poller per org with [okta] and ``reconcile_interval_seconds`` > 0."""
+    from factorflow.okta.reconcile import ReconcilePoller, build_reconciler
+    from factorflow.store.system_log import SystemLogLedger
+
+    ledger = SystemLogLedger(store)
+    pollers = []
+    for org in settings.org_list():
+        if org.okta is None or org.okta.reconcile_interval_seconds <= 0:
+            continue
+        reconciler = build_reconciler(settings, org, okta[org.name], ledger, on_new_events=wake)
+        pollers.append(ReconcilePoller(
+            [reconciler], ledger, interval_seconds=org.okta.reconcile_interval_seconds,
+            owner=f"{settings.workflows.executor_id}@{ReconcilePoller.default_owner()}",
+        ))
+    return pollers

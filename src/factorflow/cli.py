@@ -186,12 +186,14 @@ def events_quarantine(config_path: Path | None, limit: int, raw: bool) -> None:
 @CONFIG_OPTION
 @click.argument("uuid")
 def events_show(config_path: Path | None, uuid: str) -> None:
-    """One stored event: raw JSON and provenance, its fact, every decision (with the rule
-    trace and the enrichment snapshot), and every action with its attempts."""
+    """One stored event: raw JSON and provenance, whether (and when) the System Log confirmed
+    it, its fact, every decision (with the rule trace and the enrichment snapshot), and every
+    action with its attempts."""
     import orjson
 
     from factorflow.okta.translate import to_fact
     from factorflow.store.pipeline_sql import SqlPipelineLedger
+    from factorflow.store.system_log import SystemLogLedger
 
     store = _open(config_path)
     try:
@@ -200,10 +202,12 @@ def events_show(config_path: Path | None, uuid: str) -> None:
             raise click.ClickException(f"no event with uuid {uuid}")
         ledger = SqlPipelineLedger(store)
         raw = orjson.loads(row.raw)
+        confirmation = SystemLogLedger(store).confirmation(uuid)
         report = {
             "uuid": row.uuid, "event_type": row.event_type, "published": row.published,
             "received_at": row.received_at, "delivery_id": row.delivery_id,
             "hook_id": row.hook_id, "org": row.org, "provenance": row.provenance,
+            "system_log": confirmation.to_dict() if confirmation else {"confirmed": False},
             "fact": to_fact(raw, org=row.org, received_at=row.received_at).to_dict(),
             "decisions": ledger.decisions_of(uuid),
             "actions": ledger.results_of_event(uuid),
@@ -319,11 +323,19 @@ def _open(config_path: Path | None) -> Any:
 def _register_commands() -> None:
     # The command groups live in their own modules, which import helpers from this one;
     # they are attached here, once this module is complete.
-    from factorflow import cli_actions, cli_okta, cli_rules, cli_workflows
+    from factorflow import (
+        cli_actions,
+        cli_okta,
+        cli_reconcile,
+        cli_report,
+        cli_rules,
+        cli_workflows,
+    )
 
     for command in (
         cli_rules.rules, cli_actions.audit, cli_actions.register, cli_actions.campaigns,
         cli_workflows.worker, cli_workflows.dlq, cli_workflows.replay, cli_okta.simulate,
+        cli_reconcile.reconcile, cli_report.report,
     ):
         main.add_command(command)
 

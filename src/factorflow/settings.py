@@ -143,6 +143,27 @@ class WorkflowSettings(_Section):
     worker_concurrency: int = Field(4, ge=1, le=256)
     relay_interval_seconds: float = Field(0.5, gt=0, le=60)
     queue_polling_seconds: float = Field(0.2, gt=0, le=60)
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, le=300, description="how often a worker records that it is alive"
+    )
+    dead_after_seconds: float = Field(
+        30.0, gt=0, le=86_400,
+        description="a worker whose heartbeat has not changed for this long is dead: a live "
+        "worker of the same application version takes over its in-flight workflows",
+    )
+    take_over_dead_workers: bool = Field(
+        True, description="take over the in-flight workflows of dead workers (off: they wait "
+        "for a process with the dead worker's executor_id)",
+    )
+
+    @model_validator(mode="after")
+    def _dead_after_spans_heartbeats(self) -> WorkflowSettings:
+        if self.dead_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                "dead_after_seconds must be at least twice heartbeat_seconds, or a worker "
+                "that misses one heartbeat is taken for dead"
+            )
+        return self
 
 
 class LogSettings(_Section):

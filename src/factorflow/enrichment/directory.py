@@ -82,6 +82,16 @@ class DirectoryEnrichment:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def members(self, group: str) -> list[DirectoryEntry]:
+        """The users in ``group`` (matched by group name ignoring case, or by group id), in
+        file order: a campaign's population."""
+        wanted = group.casefold()
+        return [
+            entry for entry in self._entries
+            if any(g.get("id") == group or (g.get("name") or "").casefold() == wanted
+                   for g in entry.groups)
+        ]
+
     def lookup(self, user: Person | None) -> Enrichment:
         entry = None
         if user is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import orjson
@@ -157,6 +157,13 @@ class OktaClient:
     def get_group(self, group_id: str) -> dict[str, Any] | None:
         found = self._json("GET", f"/api/v1/groups/{_segment(group_id)}", missing_ok=True)
         return found if isinstance(found, dict) else None
+
+    def find_groups(self, name: str) -> list[dict[str, Any]]:
+        """Groups whose name is exactly ``name``: ``GET /api/v1/groups?search=profile.name eq
+        "<name>"`` (scope ``okta.groups.read``)."""
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        query = urlencode({"search": f'profile.name eq "{quoted}"'})
+        return self._list(f"/api/v1/groups?{query}")
 
     def is_member(self, group_id: str, user_id: str) -> bool:
         """Whether ``user_id`` is in ``group_id`` (by the user's group list)."""

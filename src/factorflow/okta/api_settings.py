@@ -4,12 +4,13 @@ from the client so that reading the configuration does not import the HTTP and J
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 DEFAULT_SCOPES = ("okta.users.read", "okta.groups.read", "okta.logs.read")
+SYSTEM_LOG_RETENTION_HOURS = 90 * 24  # Okta returns nothing older than 90 days
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 TOKEN_PATH = "/oauth2/v1/token"  # noqa: S105 - a URL path, not a secret
 
@@ -47,6 +48,26 @@ class OktaApiSettings(BaseModel):
     allow_http: bool = Field(
         False, description="allow http:// org URLs other than loopback (local simulators only)"
     )
+    # -- enrichment (factorflow.enrichment.okta) and reconciliation (factorflow.okta.reconcile)
+    enrich: bool = Field(True, description="look users up in Okta for each decision")
+    enrichment_ttl_seconds: float = Field(
+        300.0, ge=0, le=86_400,
+        description="how long one user's profile, groups and factors are reused (0: never)",
+    )
+    enrichment_cache_size: int = Field(10_000, ge=1, le=1_000_000, description="users kept")
+    enrichment_fallback: Literal["wait", "directory", "none"] = Field(
+        "wait", description="when Okta cannot be reached: wait and retry, use the directory "
+        "file, or decide without enrichment",
+    )
+    reconcile_interval_seconds: float = Field(
+        60.0, ge=0, le=86_400,
+        description="the worker polls the System Log this often (0: no background poller)",
+    )
+    reconcile_lookback_hours: float = Field(
+        24.0, gt=0, le=SYSTEM_LOG_RETENTION_HOURS,
+        description="the first poll reads this far back (Okta keeps 90 days)",
+    )
+    reconcile_page_size: int = Field(1000, ge=1, le=1000, description="events per log page")
 
     @field_validator("org_url")
     @classmethod

@@ -40,7 +40,8 @@ BUILTIN_ACTION_KINDS: Mapping[str, ActionKind] = _kinds(
     ActionKind("email", (), "send an email"),
     ActionKind("pagerduty", (), "trigger a PagerDuty event"),
     ActionKind("okta_workflows", (), "invoke an Okta Workflows flow"),
-    ActionKind("okta_group", (), "add the user to, or remove them from, an Okta group"),
+    ActionKind("okta_group", ("group", "operation"),
+               "add the user to, or remove them from, an Okta group (operation: add|remove)"),
 )
 
 

@@ -23,6 +23,7 @@ from factorflow.store.base import (
     Receipt,
     StoredEvent,
 )
+from factorflow.store.log_copies import HOOK, note_hook_copy
 from factorflow.store.migrations import available
 
 _EVENT_COLUMNS = (
@@ -134,17 +135,19 @@ class SqlEventStore:
                 event.content_hash, event.raw.decode(),
             ))
         inserted = self._insert_events(cur, insert_event, rows)
-        # (receipt, event) -> None if new, the stored copy's (content_hash, received_at) if not
-        taken: dict[tuple[int, int], tuple[str, str] | None] = {}
+        # (receipt, event) -> None if new, else the stored copy's (content_hash, received_at,
+        # provenance, event_type, published_at)
+        taken: dict[tuple[int, int], tuple[Any, ...] | None] = {}
         for (uuid, r, e), new in zip(order, inserted, strict=True):
             if new:
                 taken[r, e] = None
                 continue
             cur.execute(
-                self._q("SELECT content_hash, received_at FROM events WHERE uuid = ?"), (uuid,)
+                self._q("SELECT content_hash, received_at, provenance, event_type, published_at "
+                        "FROM events WHERE uuid = ?"),
+                (uuid,),
             )
-            stored_hash, first_received = cur.fetchone()
-            taken[r, e] = (stored_hash, first_received)
+            taken[r, e] = tuple(cur.fetchone())
         return [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
 
     def _insert_events(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[bool]:
@@ -160,7 +163,7 @@ class SqlEventStore:
         cur: Any,
         receipt: Receipt,
         index: int,
-        taken: dict[tuple[int, int], tuple[str, str] | None],
+        taken: dict[tuple[int, int], tuple[Any, ...] | None],
     ) -> DeliveryOutcome:
         delivery = receipt.delivery
         new = duplicate = 0
@@ -170,8 +173,15 @@ class SqlEventStore:
             if stored is None:
                 new += 1
                 continue
-            stored_hash, first_received = stored
-            if stored_hash == event.content_hash:
+            stored_hash, first_received, provenance, stored_type, stored_published = stored
+            same = stored_hash == event.content_hash
+            if provenance != HOOK:  # stored from the System Log first, or confirmed by it
+                same = note_hook_copy(
+                    Cursor(cur, self._q), event, receipt.received_at, provenance=provenance,
+                    stored_type=stored_type, stored_published=stored_published,
+                    same_content=same,
+                )
+            if same:
                 duplicate += 1
                 continue
             quarantined += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from factorflow.errors import StoreUnavailable
 from factorflow.store.group_commit import GroupCommitter
@@ -47,8 +47,11 @@ class FactorflowApp:
         metrics: ReceiverMetrics,
         hooks: dict[str, HookEndpoint],
         background: BackgroundService | None = None,
+        extra_routes: Sequence[BaseRoute] = (),
+        on_close: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.store = store
+        self._on_close = tuple(on_close)
         self.background = background
         self.committer = committer
         self.metrics = metrics
@@ -60,6 +63,7 @@ class FactorflowApp:
                 Route("/readyz", self._readyz),
                 Route("/metrics", self._metrics),
                 Route("/openapi.json", self._openapi),
+                *extra_routes,  # the dashboard (/ui)
             ],
             lifespan=self._lifespan,
         )
@@ -88,6 +92,8 @@ class FactorflowApp:
             if self.background is not None:
                 await anyio.to_thread.run_sync(self.background.stop)
             self.store.close()
+            for close in self._on_close:  # the dashboard's own connection
+                close()
             log.info("receiver.stopped", extra={"fields": {"committed": self.committer.committed}})
 
     async def _healthz(self, _request: Request) -> Response:

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from factorflow.errors import StoreUnavailable
 from factorflow.okta.payloads import format_utc
+from factorflow.store.delivery_gap import delivery_gap
 from factorflow.store.sql import SqlEventStore
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,9 @@ OKTA_DAILY_WARNING = 280_000
 
 
 class StoreCollector(Collector):
-    def __init__(self, store: SqlEventStore) -> None:
+    def __init__(self, store: SqlEventStore, *, worker_dead_after_seconds: float = 30.0) -> None:
         self._store = store
+        self._dead_after = worker_dead_after_seconds
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -70,10 +72,74 @@ class StoreCollector(Collector):
             "factorflow_dead_letters", "Dead letters by status", ["status"],
             "SELECT status, COUNT(*) FROM dead_letters GROUP BY status",
         )
+        yield self._workers()
         yield self._grouped(
             "factorflow_quarantined_events", "Events kept in the quarantine, by reason",
             ["reason"], "SELECT reason_code, COUNT(*) FROM quarantine GROUP BY reason_code",
         )
+        yield from self._delivery_gap()
+
+    def _delivery_gap(self) -> Iterator[GaugeMetricFamily]:
+        """The last 24 h of factorflow.store.delivery_gap, per org."""
+        gaps = delivery_gap(self._store, hours=24.0)
+        share = GaugeMetricFamily(
+            "factorflow_hook_share_24h",
+            "Share of the events stored in the last 24 h that the event hook delivered",
+            labels=["org"])
+        recovered = GaugeMetricFamily(
+            "factorflow_events_recovered_24h",
+            "Events of the last 24 h that the System Log reconciler stored before the hook did "
+            "(never: the hook never delivered them)", labels=["org", "hook"])
+        confirmed = GaugeMetricFamily(
+            "factorflow_events_confirmed_24h",
+            "Events of the last 24 h that the System Log also holds", labels=["org"])
+        failures = GaugeMetricFamily(
+            "factorflow_hook_delivery_failures_24h",
+            "event_hook.delivery events (failed hook deliveries) read from the System Log in "
+            "the last 24 h", labels=["org"])
+        delay = GaugeMetricFamily(
+            "factorflow_hook_delay_seconds",
+            "Hook delay (received - published) of the last 24 h's events, by quantile",
+            labels=["org", "quantile"])
+        lag = GaugeMetricFamily(
+            "factorflow_reconciler_lag_seconds",
+            "Now minus the published time of the newest System Log event read", labels=["org"])
+        for gap in gaps:
+            if gap.hook_share is not None:
+                share.add_metric([gap.org], gap.hook_share)
+            recovered.add_metric([gap.org, "later"], gap.recovered - gap.recovered_never_hooked)
+            recovered.add_metric([gap.org, "never"], gap.recovered_never_hooked)
+            confirmed.add_metric([gap.org], gap.confirmed)
+            failures.add_metric([gap.org], gap.delivery_failures)
+            for p, value in gap.delay_percentiles.items():
+                if value is not None:
+                    delay.add_metric([gap.org, f"0.{p}"], value)
+            if gap.lag_seconds is not None:
+                lag.add_metric([gap.org], gap.lag_seconds)
+        yield from (share, recovered, confirmed, failures, delay, lag)
+
+    def _workers(self) -> GaugeMetricFamily:
+        """Workflow workers by state: ``alive`` (a recent heartbeat), ``dead`` (silent, its
+        in-flight workflows not yet taken over: alert on this), ``taken_over`` (a survivor
+        resumed its workflows), ``stopped`` (stopped gracefully, not yet looked at)."""
+        family = GaugeMetricFamily(
+            "factorflow_workers", "Workflow workers by state, from their heartbeats",
+            labels=["state"],
+        )
+        cutoff = format_utc(datetime.now(UTC) - timedelta(seconds=self._dead_after))
+        states = dict.fromkeys(("alive", "dead", "taken_over", "stopped"), 0)
+        for heartbeat_at, stopped_at, recovered_at in self._store.read(
+            "SELECT heartbeat_at, stopped_at, recovered_at FROM workers"
+        ):
+            if recovered_at is not None:
+                states["taken_over"] += 1
+            elif stopped_at is not None:
+                states["stopped"] += 1
+            else:
+                states["alive" if heartbeat_at >= cutoff else "dead"] += 1
+        for state, count in states.items():
+            family.add_metric([state], count)
+        return family
 
     def _scalar(self, sql: str) -> int:
         return int(self._store.read(sql)[0][0])

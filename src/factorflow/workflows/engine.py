@@ -20,6 +20,7 @@ from factorflow.pipeline.process import Pipeline
 from factorflow.settings import Settings
 from factorflow.store.pipeline_sql import SqlPipelineLedger
 from factorflow.workflows import process
+from factorflow.workflows.recovery import WorkerWatch
 from factorflow.workflows.retry import RetryPolicies
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 
 class Closeable(Protocol):
     def close(self) -> None: ...
+
+
+class Poller(Protocol):
+    """A background thread of the worker (the System Log reconciler), run with the relay."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_seconds: float = 10.0) -> None: ...
 
 
 class WorkflowEngine:
@@ -49,6 +58,8 @@ class WorkflowEngine:
         self._launched = False
         self._relay_failing = False
         self.relayed = 0
+        self.pollers: list[Poller] = []  # started and stopped with the relay
+        self.watch: WorkerWatch | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -66,6 +77,10 @@ class WorkflowEngine:
             "log_level": "WARNING",
             "max_executor_threads": max(8, workflows.worker_concurrency * 2),
         }
+        # Before launching: the launch recovers this executor id's own workflows, which must
+        # not race a survivor that is taking them over right now.
+        self.watch = WorkerWatch(self.ledger.store, workflows)
+        self.watch.register()
         process.install(self.pipeline, self.retries)
         DBOS(config=config)
         DBOS.launch()
@@ -75,6 +90,7 @@ class WorkflowEngine:
             worker_concurrency=workflows.worker_concurrency,
             polling_interval_sec=workflows.queue_polling_seconds,
         )
+        self.watch.start()  # heartbeat, and takeover of dead workers' workflows
         log.info("workflows.started", extra={"fields": {
             "executor_id": workflows.executor_id,
             "application_version": workflows.application_version,
@@ -84,15 +100,23 @@ class WorkflowEngine:
             self._relay = threading.Thread(target=self._relay_loop, name="factorflow-relay",
                                            daemon=True)
             self._relay.start()
+            for poller in self.pollers:
+                poller.start()
 
     def stop(self, timeout_seconds: int = 10) -> None:
         self._stop.set()
         self._wake.set()
+        for poller in self.pollers:
+            poller.stop(timeout_seconds)
         if self._relay is not None:
             self._relay.join(timeout=timeout_seconds)
             self._relay = None
         self._launched = False
+        if self.watch is not None:
+            self.watch.pause_takeovers()
         DBOS.destroy(workflow_completion_timeout_sec=timeout_seconds)
+        if self.watch is not None:  # beating until the workflows in flight have finished
+            self.watch.stop()
         if self._resources is not None:
             self._resources.close()
         log.info("workflows.stopped", extra={"fields": {"relayed": self.relayed}})

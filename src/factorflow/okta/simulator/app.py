@@ -1,7 +1,8 @@
 """The simulated org's management API, as a Starlette app.
 
 Endpoints: ``GET /api/v1/users/{id or login}`` and its ``/groups``, ``/factors`` and
-``/authenticator-enrollments``; ``GET /api/v1/groups/{id}`` and ``/users``; ``PUT`` / ``DELETE
+``/authenticator-enrollments``; ``GET /api/v1/groups`` (``search``, ``q``),
+``GET /api/v1/groups/{id}`` and ``/users``; ``PUT`` / ``DELETE
 /api/v1/groups/{gid}/users/{uid}`` (logged as ``group.user_membership.add/remove``);
 ``GET /api/v1/logs`` with ``since``, ``until``, ``after``, ``filter``, ``q`` and ``limit`` and
 ``Link`` headers; ``POST /oauth2/v1/token`` (client credentials with ``private_key_jwt``).
@@ -22,7 +23,7 @@ import asyncio
 import math
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import formatdate
@@ -176,6 +177,7 @@ class OktaSimulator:
             route("/api/v1/users/{user_id}/factors", self._user_factors, users),
             route("/api/v1/users/{user_id}/authenticator-enrollments", self._user_enrollments,
                   users),
+            route("/api/v1/groups", self._list_groups, groups),
             route("/api/v1/groups/{group_id}", self._get_group, groups),
             route("/api/v1/groups/{group_id}/users", self._group_users, groups),
             route("/api/v1/groups/{group_id}/users/{user_id}", self._membership,
@@ -323,6 +325,24 @@ class OktaSimulator:
             return _not_found(request.path_params["user_id"], "User")
         base = _base(request)
         return _json([enrollment_object(e, user.id, base) for e in user.enrollments])
+
+    async def _list_groups(self, request: Request, _p: Principal | None) -> Response:
+        """``search`` (a SCIM filter over the group object, e.g. ``profile.name eq "X"``) and
+        ``q`` (name prefix, ignoring case); no paging."""
+        base = _base(request)
+        found = [group_object(g, base) for g in self.org.groups.values()]
+        search, prefix = request.query_params.get("search"), request.query_params.get("q")
+        if search:
+            try:
+                predicate = compile_filter(search)
+            except FilterError as exc:
+                return _error(400, "E0000031", "Invalid search criteria.",
+                              causes=[{"errorSummary": str(exc)}])
+            found = [g for g in found if predicate(g)]
+        if prefix:
+            found = [g for g in found if g["profile"]["name"].casefold().startswith(
+                prefix.casefold())]
+        return _json(found)
 
     async def _get_group(self, request: Request, _p: Principal | None) -> Response:
         group = self.org.groups.get(request.path_params["group_id"])
@@ -541,21 +561,29 @@ class _LogQuery:
 
     def run(self, log: list[dict[str, Any]]) -> _LogPage:
         bounded = self.until is not None
-        rows = [(_published_ms(event), position, event) for position, event in
-                enumerate(log, start=1)]
+        everything = ((_published_ms(event), position, event)
+                      for position, event in enumerate(log, start=1))
+        rows: Iterable[tuple[int, int, dict[str, Any]]]
+        first: tuple[int, int, dict[str, Any]] | None = None
         if bounded:
             assert self.until is not None
             since = self.since if self.since is not None else self.until - 7 * 86_400
-            rows = sorted(r for r in rows if since * 1000 <= r[0] < self.until * 1000)
+            listed = sorted(r for r in everything if since * 1000 <= r[0] < self.until * 1000)
             if self.after is not None:
-                rows = [r for r in rows if (r[0], r[1]) > self.after]
+                listed = [r for r in listed if (r[0], r[1]) > self.after]
+            rows, first = listed, (listed[0] if listed else None)
         elif self.after is not None:
-            rows = [r for r in rows if r[1] > self.after[1]]
+            # Only what was stored after the cursor (positions are 1-based), read lazily: a
+            # page costs its own events, not the whole log.
+            skip = self.after[1]
+            rows = ((_published_ms(event), position, event)
+                    for position, event in enumerate(log[skip:], start=skip + 1))
         else:
             since = self.since if self.since is not None else self.now - 7 * 86_400
-            rows = [r for r in rows if r[0] >= since * 1000]
+            listed = [r for r in everything if r[0] >= since * 1000]
+            rows, first = listed, (listed[0] if listed else None)
         found: list[dict[str, Any]] = []
-        cursor = self.after or ((rows[0][0], rows[0][1] - 1) if rows else (0, len(log)))
+        cursor = self.after or ((first[0], first[1] - 1) if first else (0, len(log)))
         full = False
         for published, position, event in rows:
             if len(found) >= self.limit:
