@@ -28,7 +28,27 @@ def _settings(config_path: Path | None) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command groups live in their own modules, which import helpers from this one; they
+    are attached on first use, so importing any of them first causes no import cycle."""
+
+    _attached = False
+
+    def _attach(self) -> None:
+        if not self._attached:
+            self._attached = True
+            _register_commands(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._attach()
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._attach()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="factorflow")
 def main() -> None:
     """factorflow: Okta MFA enrollment events in, reliable downstream work out."""
@@ -320,9 +340,7 @@ def _open(config_path: Path | None) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-def _register_commands() -> None:
-    # The command groups live in their own modules, which import helpers from this one;
-    # they are attached here, once this module is complete.
+def _register_commands(group: click.Group) -> None:
     from factorflow import (
         cli_actions,
         cli_okta,
@@ -337,14 +355,12 @@ def _register_commands() -> None:
         cli_workflows.worker, cli_workflows.dlq, cli_workflows.replay, cli_okta.simulate,
         cli_reconcile.reconcile, cli_report.report,
     ):
-        main.add_command(command)
+        group.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover
     # Run as ``python -m factorflow.cli``: the command modules import ``factorflow.cli``, which
-    # is not this ``__main__`` module, so use that module (it registers every command).
+    # is not this ``__main__`` module, so use that module's group.
     from factorflow.cli import main as _main
 
     sys.exit(_main())
-else:
-    _register_commands()

@@ -140,9 +140,9 @@ class WorkflowSettings(_Section):
     )
     executor_id: str = Field("local", min_length=1, max_length=128)
     application_version: str = Field("1", min_length=1, max_length=64)
-    worker_concurrency: int = Field(4, ge=1, le=256)
+    worker_concurrency: int = Field(16, ge=1, le=256)
     relay_interval_seconds: float = Field(0.5, gt=0, le=60)
-    queue_polling_seconds: float = Field(0.2, gt=0, le=60)
+    queue_polling_seconds: float = Field(0.1, gt=0, le=60)
     heartbeat_seconds: float = Field(
         5.0, gt=0, le=300, description="how often a worker records that it is alive"
     )
