@@ -17,7 +17,7 @@ from factorflow.store.sql import SqlEventStore
 from factorflow.web.app import FactorflowApp
 from factorflow.web.hooks import HookEndpoint
 from factorflow.web.metrics import ReceiverMetrics
-from factorflow.web.store_metrics import StoreCollector
+from factorflow.web.store_metrics import OktaRateLimitCollector, StoreCollector
 
 
 def build_app(
@@ -44,6 +44,8 @@ def build_app(
     metrics.registry.register(StoreCollector(
         store, worker_dead_after_seconds=settings.workflows.dead_after_seconds
     ))
+    if engine is not None and isinstance(engine.resources, SharedClients):
+        metrics.registry.register(OktaRateLimitCollector(engine.resources.okta))
     hooks = {
         org.hook.path: HookEndpoint(
             org=org.name, credentials=credentials[org.name], committer=committer,

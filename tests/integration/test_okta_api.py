@@ -556,3 +556,22 @@ def test_concurrent_requests_are_capped(okta: Okta) -> None:
     uncapped = okta.client(max_concurrency=12, clock=False)
     run_concurrently(lambda: uncapped.get_user(user.id), 12)
     assert okta.sim.max_in_flight > 3  # the simulator does see overlap when it happens
+
+
+def test_rate_limit_metrics_show_what_okta_last_said(okta: Okta) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from factorflow.web.store_metrics import OktaRateLimitCollector
+
+    client = okta.client()
+    registry = CollectorRegistry()
+    registry.register(OktaRateLimitCollector({"acme": client}))
+    assert "factorflow_okta_rate_limit_remaining{" not in generate_latest(registry).decode()
+    client.get_user(okta.user().id)
+    snapshot = client.rate_limits()["/api/v1/users/{id}"]
+    text = generate_latest(registry).decode()
+    assert (f'factorflow_okta_rate_limit_remaining{{bucket="/api/v1/users/{{id}}",org="acme"}} '
+            f"{float(snapshot.remaining)}") in text
+    assert (f'factorflow_okta_rate_limit_limit{{bucket="/api/v1/users/{{id}}",org="acme"}} '
+            f"{float(snapshot.limit)}") in text
+    assert snapshot.remaining < snapshot.limit

@@ -4,8 +4,9 @@ database (several receivers and workers), not just this one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -150,3 +151,27 @@ class StoreCollector(Collector):
         for *values, count in self._store.read(sql):
             family.add_metric([str(v) for v in values], count)
         return family
+
+
+class OktaRateLimitCollector(Collector):
+    """What Okta last said about each rate-limit bucket this process used, per org."""
+
+    def __init__(self, clients: Mapping[str, Any]) -> None:
+        self._clients = clients
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        remaining = GaugeMetricFamily(
+            "factorflow_okta_rate_limit_remaining",
+            "Requests left in the Okta rate-limit bucket (X-Rate-Limit-Remaining)",
+            labels=["org", "bucket"],
+        )
+        limit = GaugeMetricFamily(
+            "factorflow_okta_rate_limit_limit", "The Okta bucket's limit (X-Rate-Limit-Limit)",
+            labels=["org", "bucket"],
+        )
+        for org in self._clients:
+            for bucket, snapshot in self._clients[org].rate_limits().items():
+                remaining.add_metric([org, bucket], snapshot.remaining)
+                limit.add_metric([org, bucket], snapshot.limit)
+        yield remaining
+        yield limit

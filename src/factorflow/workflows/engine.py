@@ -47,7 +47,7 @@ class WorkflowEngine:
         retries: RetryPolicies,
         resources: Closeable | None = None,
     ) -> None:
-        self._resources = resources
+        self.resources = resources
         self.settings = settings
         self.pipeline = pipeline
         self.ledger = ledger
@@ -117,8 +117,8 @@ class WorkflowEngine:
         DBOS.destroy(workflow_completion_timeout_sec=timeout_seconds)
         if self.watch is not None:  # beating until the workflows in flight have finished
             self.watch.stop()
-        if self._resources is not None:
-            self._resources.close()
+        if self.resources is not None:
+            self.resources.close()
         log.info("workflows.stopped", extra={"fields": {"relayed": self.relayed}})
 
     def problem(self) -> str | None:
