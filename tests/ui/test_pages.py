@@ -307,7 +307,9 @@ def test_delivery_gap_counts_provenance_and_delay_percentiles(
     settings = make_site(store_url)
     with client_for(settings) as client:
         store = client.app.store  # type: ignore[attr-defined]
-        base = NOW - timedelta(hours=2)
+        # The lag is measured against the clock when the page is drawn: take "now" here, not
+        # when the module was imported (a long suite run would add its own duration).
+        base = datetime.now(UTC) - timedelta(hours=2)
         events = [enrollment(n, published=base) for n in range(10)]
         for n, event in enumerate(events):  # delays of 1, 2, ... 10 seconds
             record(store, [event], base + timedelta(seconds=n + 1))

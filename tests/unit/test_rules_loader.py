@@ -449,3 +449,18 @@ def test_a_rule_with_shape_problems_still_gets_its_other_parts_checked() -> None
         "rules.yaml: rule 'bad id': action 'b': params.text: template syntax error on line 1: "
         "unexpected end of template, expected 'end of print statement'.",
     ]
+
+
+def test_an_unknown_template_filter_is_a_load_error_naming_the_param() -> None:
+    # Found by the loader fuzz test: jinja2 checks filters when it compiles, after parsing.
+    with pytest.raises(InvalidRules) as raised:
+        parse_rules(
+            "version: 1\nmatch: all\nrules:\n  - id: r\n    when: {kind: [enrollment]}\n"
+            "    actions:\n      - {id: a, kind: report,\n"
+            "         params: {x: \"{{ fact.uuid | efault }}\"}}\n",
+            source="t.yaml",
+        )
+    assert raised.value.problems == [
+        "t.yaml: rule 'r': action 'a': params.x: template error on line 1: "
+        "No filter named 'efault'."
+    ]

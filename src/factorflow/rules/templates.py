@@ -111,7 +111,13 @@ def _compile_text(text: str, path: str, problems: list[str]) -> CompiledText | N
         names = ", ".join(repr(name) for name in private)
         problems.append(f"{path}: template uses {names}: names starting with '_' are not allowed")
         return None
-    return CompiledText(text, environment.from_string(text))
+    try:
+        # Compiling checks what parsing does not, e.g. that every filter exists.
+        template = environment.from_string(text)
+    except TemplateSyntaxError as exc:
+        problems.append(f"{path}: template error on line {exc.lineno}: {exc.message}")
+        return None
+    return CompiledText(text, template)
 
 
 def _private_names(tree: nodes.Template) -> set[str]:
