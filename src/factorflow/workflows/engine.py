@@ -150,9 +150,15 @@ class WorkflowEngine:
         while not self._stop.is_set():
             try:
                 moved = self.relay_once()
+                if self._relay_failing:
+                    log.info("relay.recovered")
                 self._relay_failing = False
-            except Exception:  # the store or DBOS is down: log, wait, try again
-                log.exception("relay.failed")
+            except Exception as exc:  # the store or DBOS is down: log, wait, try again
+                if not self._relay_failing:  # the traceback once per outage, not every tick
+                    log.exception("relay.failed")
+                else:
+                    log.debug("relay.still_failing", extra={"fields": {
+                        "error": type(exc).__name__}})
                 self._relay_failing = True
                 moved = 0
             if moved == 0:
