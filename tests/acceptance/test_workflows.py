@@ -587,6 +587,9 @@ def test_permanent_failure_dead_letter_retry_and_discard(
         key = dep.key(uuid, "notify")
         assert dep.results(uuid)["notify"][:3] == ("dead", reason, 1)
         assert dep.attempts(key) == [(1, "permanent", reason)]  # a 400 is not retried
+        # The dead letter is written before the workflow's last action runs: wait for it.
+        wait_until(lambda u=uuid: len(dep.statuses(u)) == 3, "all three actions recorded",
+                   on_timeout=dep.logs)
         assert dep.statuses(uuid) == {"done": "done", "log": "done", "notify": "dead"}
     retry_id, discard_id = by_event[first][0], by_event[second][0]
 
