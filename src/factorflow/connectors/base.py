@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from factorflow.actions.base import ActionHandler
 from factorflow.domain.actions import ActionRequest
+from factorflow.domain.facts import EventKind
 from factorflow.errors import PermanentActionError, TransientActionError
 from factorflow.secrets_source import read_secret
 
@@ -47,6 +48,18 @@ class ConnectorFactory(Protocol):
     def create(
         self, settings: Any, http: httpx.Client, clock: Clock
     ) -> ActionHandler: ...
+
+
+# How connectors title a message about each kind of factor event.
+KIND_TITLES = {
+    EventKind.ENROLLMENT: "MFA factor enrolled",
+    EventKind.DEACTIVATION: "MFA factor removed",
+    EventKind.RESET_ALL: "MFA factors reset",
+    EventKind.SUSPENSION: "MFA factor suspended",
+    EventKind.UNSUSPENSION: "MFA factor unsuspended",
+    EventKind.UPDATE: "MFA factor updated",
+    EventKind.OTHER: "MFA event",
+}
 
 
 def where(request: ActionRequest) -> str:

@@ -43,6 +43,7 @@ from pydantic import Field, SecretStr, field_validator
 
 from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
+    KIND_TITLES,
     Clock,
     ConnectorSettings,
     param,
@@ -50,7 +51,7 @@ from factorflow.connectors.base import (
     where,
 )
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
-from factorflow.domain.facts import EventKind, Fact
+from factorflow.domain.facts import Fact
 from factorflow.errors import (
     ActionError,
     ConfigError,
@@ -63,14 +64,7 @@ MESSAGE_ID_DOMAIN = "factorflow"
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 _SUBJECT_LIMIT = 250
 
-_TITLES = {
-    EventKind.ENROLLMENT: "MFA factor enrolled",
-    EventKind.DEACTIVATION: "MFA factor removed",
-    EventKind.RESET_ALL: "MFA factors reset",
-    EventKind.SUSPENSION: "MFA factor suspended",
-    EventKind.UNSUSPENSION: "MFA factor unsuspended",
-    EventKind.UPDATE: "MFA factor updated",
-}
+_TITLES = KIND_TITLES
 
 
 def parse_addresses(value: str | Sequence[str]) -> list[Address]:

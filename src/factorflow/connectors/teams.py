@@ -34,6 +34,7 @@ from pydantic import Field, SecretStr
 
 from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
+    KIND_TITLES,
     Clock,
     ConnectorSettings,
     call,
@@ -57,15 +58,7 @@ _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # -- text shared by the chat and paging connectors ------------------------------------------
 
-_TITLES = {
-    EventKind.ENROLLMENT: "MFA factor enrolled",
-    EventKind.DEACTIVATION: "MFA factor removed",
-    EventKind.RESET_ALL: "MFA factors reset",
-    EventKind.SUSPENSION: "MFA factor suspended",
-    EventKind.UNSUSPENSION: "MFA factor unsuspended",
-    EventKind.UPDATE: "MFA factor updated",
-    EventKind.OTHER: "MFA event",
-}
+_TITLES = KIND_TITLES
 
 
 def user_label(fact: Fact) -> str:
