@@ -31,7 +31,7 @@ _OKTA_TIMESTAMP = re.compile(
 _HOOK_ID = re.compile(r"/eventHooks/([^/?#\s]+)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event on the hot path, and frozen costs 3x
 class IncomingEvent:
     """One System Log event as it arrived, with the few fields the store keys on."""
 
@@ -40,7 +40,12 @@ class IncomingEvent:
     published: str
     published_at: str | None  # normalised UTC, or None when Okta's value is no real date
     raw: bytes  # the event's JSON, key order and unknown keys kept
-    content_hash: str  # sha256 of the canonical JSON, to tell a redelivery from a reused uuid
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON, to tell a redelivery from a reused uuid. Computed
+        when asked: only a uuid that is already stored needs it, never the hot path."""
+        return content_hash(self.raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,7 @@ class QuarantinedEvent:
     raw: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see IncomingEvent
 class ParsedDelivery:
     delivery_id: str | None
     hook_id: str | None
@@ -128,15 +133,20 @@ def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
             raw,
         )
     assert uuid_key is not None  # _missing_field checked it
-    canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
     return IncomingEvent(
         uuid=uuid_key,
         event_type=event["eventType"],
         published=published,
         published_at=normalise_timestamp(published),
         raw=raw,
-        content_hash=hashlib.sha256(canonical).hexdigest(),
     )
+
+
+def content_hash(raw: bytes | str) -> str:
+    """sha256 of an event's canonical JSON (keys sorted at every level): two copies of one
+    event hash alike whatever their key order."""
+    canonical = orjson.dumps(orjson.loads(raw), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def _missing_field(event: dict[str, Any]) -> tuple[str, str] | None:

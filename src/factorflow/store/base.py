@@ -12,7 +12,7 @@ from factorflow.okta.payloads import ParsedDelivery
 UUID_CONFLICT = "uuid_conflict"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per delivery on the hot path
 class Receipt:
     """What one hook request brought in, as stored in its ledger row."""
 
@@ -23,7 +23,7 @@ class Receipt:
     delivery: ParsedDelivery
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per delivery on the hot path
 class DeliveryOutcome:
     total: int
     new: int

@@ -1,17 +1,24 @@
 """Group commit: one durable commit answers many concurrent deliveries.
 
-Requests put their receipt on a queue and wait; one writer task takes everything queued (up to
-``max_batch``), commits it in a single transaction on a dedicated thread, so the event loop is
-never blocked by the fsync, and then wakes each request with its own outcome. A request is
-acknowledged only after the commit that holds its events returned.
+Requests hand their receipt to one writer thread and wait. The writer takes everything that is
+waiting (up to ``max_batch``), commits it in a single transaction, and hands the outcomes back
+to the event loop, which wakes each request with its own. A request is acknowledged only after
+the commit that holds its events returned, and the event loop never waits for an fsync.
+
+The writer thread pulls work itself rather than being handed batches by a task on the event
+loop: a commit then starts as soon as the first request is parsed, and the next requests are
+parsed while it runs. (With the loop handing out batches, every request that arrived together
+was parsed first and only then committed, and the loop sat idle during the commit.) The outcome
+of one commit reaches the loop in one call, not one per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +38,9 @@ class _Pending:
     done: asyncio.Future[DeliveryOutcome]
 
 
+_STOP = None  # put on the writer's queue by close(): commit what is before it, then exit
+
+
 class GroupCommitter:
     def __init__(
         self,
@@ -42,80 +52,118 @@ class GroupCommitter:
         self._store = store
         self._on_new_events = on_new_events
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factorflow-commit")
-        self._task: asyncio.Task[None] | None = None
+        self._waiting: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._closing = False
+        # Counted on the event loop when the outcomes are handed out.
         self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="group-commit")
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._closing = False
+        self._thread = threading.Thread(
+            target=self._run, name="factorflow-commit", daemon=True
+        )
+        self._thread.start()
 
     async def submit(self, receipt: Receipt) -> DeliveryOutcome:
         """Wait until ``receipt`` is durably stored; raise StoreUnavailable if it was not."""
-        if self._closing or self._task is None:
+        if self._closing or self._loop is None:
             raise StoreUnavailable("the receiver is shutting down")
-        done: asyncio.Future[DeliveryOutcome] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(receipt, done))
+        done: asyncio.Future[DeliveryOutcome] = self._loop.create_future()
+        self._waiting.put(_Pending(receipt, done))
         return await done
 
     async def close(self) -> None:
-        """Commit what is queued, then stop the writer and its thread."""
+        """Commit what is waiting, then stop the writer thread."""
         self._closing = True
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-            self._task = None
-        self._thread.shutdown(wait=True)
+        if self._thread is None or self._stopped is None:
+            return
+        self._waiting.put(_STOP)
+        await self._stopped  # resolved after the last outcomes were handed out
+        self._thread.join()
+        self._thread = None
+        self._loop = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = await self._queue.get()
-            if first is None:
+            first = self._waiting.get()
+            if first is _STOP:
                 break
             batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
                     stopping = True
                     break
                 batch.append(item)
-            await self._commit(loop, batch)
+            self._commit(batch)
+        self._hand_back(self._finished)
 
-    async def _commit(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        receipts = [pending.receipt for pending in batch]
+    def _commit(self, batch: list[_Pending]) -> None:
         try:
-            outcomes = await loop.run_in_executor(self._thread, self._store.record, receipts)
+            outcomes: list[DeliveryOutcome | BaseException] = list(
+                self._store.record([pending.receipt for pending in batch])
+            )
         except StoreUnavailable as exc:
             if len(batch) == 1:
-                _settle(batch[0], exc)
+                self._hand_back(self._settle_all, batch, [exc], False)
                 return
             # One bad delivery must not fail its neighbours: commit them one by one.
             log.warning("store.batch_failed", extra={"fields": {"batch": len(batch)}})
             for pending in batch:
-                await self._commit(loop, [pending])
+                self._commit([pending])
             return
         except Exception:  # a bug must answer these requests with 503, not leave them hanging
             log.exception("store.commit_crashed", extra={"fields": {"batch": len(batch)}})
-            for pending in batch:
-                _settle(pending, StoreUnavailable("internal error while committing"))
+            crashed = StoreUnavailable("internal error while committing")
+            self._hand_back(self._settle_all, batch, [crashed] * len(batch), False)
             return
-        self.batches += 1
-        self.committed += len(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            _settle(pending, outcome)
-        if self._on_new_events is not None and any(outcome.new for outcome in outcomes):
+        if self._on_new_events is not None and any(
+            isinstance(o, DeliveryOutcome) and o.new for o in outcomes
+        ):
             self._on_new_events()
+        self._hand_back(self._settle_all, batch, outcomes, True)
 
+    # -- back on the event loop ----------------------------------------------------------
 
-def _settle(pending: _Pending, result: DeliveryOutcome | BaseException) -> None:
-    if pending.done.done():  # the request was cancelled (client went away): nothing to tell
-        return
-    if isinstance(result, BaseException):
-        pending.done.set_exception(result)
-    else:
-        pending.done.set_result(result)
+    def _settle_all(
+        self,
+        batch: list[_Pending],
+        results: Sequence[DeliveryOutcome | BaseException],
+        committed: bool,
+    ) -> None:
+        if committed:
+            self.batches += 1
+            self.committed += len(batch)
+        for pending, result in zip(batch, results, strict=True):
+            if pending.done.done():  # the request was cancelled (client went away)
+                continue
+            if isinstance(result, BaseException):
+                pending.done.set_exception(result)
+            else:
+                pending.done.set_result(result)
+
+    def _finished(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def _hand_back(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            log.warning("store.commit_outcome_dropped", extra={"fields": {
+                "reason": "event loop closed"}})

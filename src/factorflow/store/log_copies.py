@@ -29,7 +29,7 @@ BOTH = "both"
 # Okta writes this when a hook delivery failed ("triggered only when the delivery is
 # unsuccessful"); the reconciler reads them besides the subscribed types.
 DELIVERY_FAILURE_TYPE = "event_hook.delivery"
-BATCH_ROWS = 100  # rows per multi-row statement (8 parameters each: far below both limits)
+BATCH_ROWS = 100  # rows per multi-row statement (at most 7 parameters each: far below both limits)
 T = TypeVar("T")
 
 
@@ -66,11 +66,11 @@ def store_copies(
         new.update(row[0] for row in cur.execute(
             "INSERT INTO events (uuid, event_type, published, published_at, received_at, "
             "delivery_id, hook_id, org, provenance, content_hash, raw) VALUES "
-            + ", ".join(["(?, ?, ?, ?, ?, NULL, NULL, ?, 'log', ?, ?)"] * len(chunk))
+            + ", ".join(["(?, ?, ?, ?, ?, NULL, NULL, ?, 'log', '', ?)"] * len(chunk))
             + " ON CONFLICT (uuid) DO NOTHING RETURNING uuid",
             tuple(value for e in chunk for value in (
                 e.uuid, e.event_type, e.published, e.published_at, received_at, org,
-                e.content_hash, e.raw.decode())),
+                e.raw.decode())),
         ).fetchall())
     recovered = [e for e in firsts.values() if e.uuid in new]
     for chunk in _chunks(recovered):

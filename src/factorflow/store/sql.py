@@ -8,13 +8,14 @@ or two requests in one batch) can race and still store each event once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from factorflow.errors import StoreUnavailable
-from factorflow.okta.payloads import format_utc
+from factorflow.okta.payloads import content_hash, format_utc
 from factorflow.store.base import (
     UUID_CONFLICT,
     DeliveryOutcome,
@@ -34,6 +35,15 @@ _LEDGER_COLUMNS = (
     "id, delivery_id, hook_id, org, received_at, events_total, events_new, events_duplicate, "
     "events_quarantined"
 )
+
+
+_LEDGER_INSERT = (
+    "INSERT INTO deliveries (delivery_id, hook_id, org, received_at, event_time, events_total, "
+    "events_new, events_duplicate, events_quarantined) VALUES"
+)
+# Rows per multi-row INSERT at most: 9 to 11 parameters a row stay far below SQLite's limit of
+# parameters in one statement (32,766) and PostgreSQL's (65,535).
+_MAX_ROWS_PER_STATEMENT = 256
 
 
 class SqlEventStore:
@@ -114,11 +124,15 @@ class SqlEventStore:
         direction only: in arrival order they could each hold a uuid the other needs next and
         deadlock. Within a batch each uuid still goes to its first copy in arrival order;
         the events of one commit take their ``seq`` in uuid order.
+
+        ``content_hash`` is left empty: it only matters when a uuid arrives a second time, and
+        is then computed from the stored copy's raw JSON (a hash per event on the hot path
+        cost more than the rest of the event's parsing).
         """
         insert_event = self._q(
             "INSERT INTO events (uuid, event_type, published, published_at, received_at, "
             "delivery_id, hook_id, org, provenance, content_hash, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'hook', ?, ?) ON CONFLICT (uuid) DO NOTHING"
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'hook', '', ?) ON CONFLICT (uuid) DO NOTHING"
         )
         order = sorted(
             (event.uuid, r, e)
@@ -132,10 +146,10 @@ class SqlEventStore:
             rows.append((
                 event.uuid, event.event_type, event.published, event.published_at,
                 receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org,
-                event.content_hash, event.raw.decode(),
+                event.raw.decode(),
             ))
         inserted = self._insert_events(cur, insert_event, rows)
-        # (receipt, event) -> None if new, else the stored copy's (content_hash, received_at,
+        # (receipt, event) -> None if new, else the stored copy's (raw, received_at,
         # provenance, event_type, published_at)
         taken: dict[tuple[int, int], tuple[Any, ...] | None] = {}
         for (uuid, r, e), new in zip(order, inserted, strict=True):
@@ -143,12 +157,35 @@ class SqlEventStore:
                 taken[r, e] = None
                 continue
             cur.execute(
-                self._q("SELECT content_hash, received_at, provenance, event_type, published_at "
+                self._q("SELECT raw, received_at, provenance, event_type, published_at "
                         "FROM events WHERE uuid = ?"),
                 (uuid,),
             )
             taken[r, e] = tuple(cur.fetchone())
-        return [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
+        outcomes = [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
+        self._insert_rows(cur, _LEDGER_INSERT, [
+            (
+                receipt.delivery_id, receipt.hook_id, receipt.org, receipt.received_at,
+                receipt.delivery.event_time, outcome.total, outcome.new, outcome.duplicate,
+                outcome.quarantined,
+            )
+            for receipt, outcome in zip(receipts, outcomes, strict=True)
+        ])
+        return outcomes
+
+    def _insert_rows(self, cur: Any, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``insert`` (``INSERT INTO t (...) VALUES``) for every row, several rows per
+        statement: in chunks of a power of two rows, so that a handful of statement texts
+        serve every batch size and stay in the driver's statement cache."""
+        start = 0
+        while start < len(rows):
+            size = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start:start + size]
+            cur.execute(
+                self._q(multi_row_sql(insert, len(chunk[0]), size)),
+                tuple(value for row in chunk for value in row),
+            )
+            start += size
 
     def _insert_events(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[bool]:
         """Insert each row (``ON CONFLICT DO NOTHING``); whether each one was new."""
@@ -173,8 +210,8 @@ class SqlEventStore:
             if stored is None:
                 new += 1
                 continue
-            stored_hash, first_received, provenance, stored_type, stored_published = stored
-            same = stored_hash == event.content_hash
+            stored_raw, first_received, provenance, stored_type, stored_published = stored
+            same = content_hash(stored_raw) == event.content_hash
             if provenance != HOOK:  # stored from the System Log first, or confirmed by it
                 same = note_hook_copy(
                     Cursor(cur, self._q), event, receipt.received_at, provenance=provenance,
@@ -195,18 +232,6 @@ class SqlEventStore:
             self._insert_quarantine(
                 cur, receipt, entry.uuid, entry.reason_code, entry.reason, entry.raw
             )
-        cur.execute(
-            self._q(
-                "INSERT INTO deliveries (delivery_id, hook_id, org, received_at, event_time, "
-                "events_total, events_new, events_duplicate, events_quarantined) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ),
-            (
-                receipt.delivery_id, receipt.hook_id, receipt.org, receipt.received_at,
-                delivery.event_time, len(delivery.events) + len(delivery.quarantined),
-                new, duplicate, quarantined,
-            ),
-        )
         return DeliveryOutcome(
             total=len(delivery.events) + len(delivery.quarantined),
             new=new, duplicate=duplicate, quarantined=quarantined,
@@ -374,6 +399,13 @@ class SqlEventStore:
         for statement in script.split(";"):
             if statement.strip():
                 cur.execute(statement)
+
+
+@functools.lru_cache(maxsize=64)
+def multi_row_sql(insert: str, width: int, rows: int) -> str:
+    """``insert`` followed by ``rows`` groups of ``width`` ``?`` placeholders."""
+    group = "(" + ", ".join("?" * width) + ")"
+    return insert + " " + ", ".join([group] * rows)
 
 
 def _event(row: Any) -> StoredEvent:
