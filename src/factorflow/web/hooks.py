@@ -57,11 +57,7 @@ class HookEndpoint:
         self._committer = committer
         self._metrics = metrics
         self._max_body = max_body_bytes
-        self._ack_latency = metrics.ack_latency.labels(org)
-        self._deliveries = metrics.deliveries.labels(org)
-        self._events = {
-            r: metrics.events.labels(org, r) for r in ("new", "duplicate", "quarantined")
-        }
+        self._counts = metrics.org(org)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -160,13 +156,6 @@ class HookEndpoint:
                 "store_unavailable", "events could not be stored; retry later"
             ), extra=[(b"retry-after", b"1")])
             return
-        self._deliveries.inc()
-        if outcome.new:  # each inc takes a lock: skip the ones that would add nothing
-            self._events["new"].inc(outcome.new)
-        if outcome.duplicate:
-            self._events["duplicate"].inc(outcome.duplicate)
-        if outcome.quarantined:
-            self._events["quarantined"].inc(outcome.quarantined)
         result = (
             f"new={outcome.new} duplicate={outcome.duplicate} quarantined={outcome.quarantined}"
         )
@@ -176,8 +165,9 @@ class HookEndpoint:
             "headers": [(RESULT_HEADER, result.encode())],
         })
         await send({"type": "http.response.body", "body": b""})
-        elapsed = time.perf_counter() - started
-        self._ack_latency.observe(elapsed)
+        self._counts.acknowledged(
+            outcome.new, outcome.duplicate, outcome.quarantined, time.perf_counter() - started
+        )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("hook.stored", extra={"fields": {
                 "org": self.org, "delivery_id": delivery.delivery_id,
