@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
@@ -36,16 +35,10 @@ from factorflow.connectors.email import message_id
 from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import FACT, unused_port
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 USERNAME = "factorflow-relay"
 PASSWORD = "s3cret-smtp-password-7f3a"
@@ -211,13 +204,6 @@ def check_login(server: Any, session: Session, envelope: Envelope, mechanism: st
     return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @dataclass
 class Smtp:
     mailbox: Mailbox
@@ -232,7 +218,7 @@ class Servers:
 
     def start(self, **options: Any) -> Smtp:
         mailbox = Mailbox()
-        port = free_port()
+        port = unused_port()
         controller = Controller(mailbox, hostname="127.0.0.1", port=port,
                                 server_hostname="mx.example.test", **options)
         controller.start()
@@ -264,12 +250,6 @@ def submission(servers: Servers, tls: Tls) -> Smtp:
     """A submission server: STARTTLS required, then AUTH required."""
     return servers.start(tls_context=tls.server, require_starttls=True,
                          authenticator=check_login, auth_required=True)
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
 
 
 def connector(http: httpx.Client, **settings: Any) -> Any:
@@ -591,7 +571,7 @@ def test_connection_trouble_is_transient(
 
 
 def test_nobody_listening_is_transient(http: httpx.Client) -> None:
-    handler = connector(http, port=free_port(), security="none", to="soc@example.org")
+    handler = connector(http, port=unused_port(), security="none", to="soc@example.org")
 
     with pytest.raises(TransientActionError) as caught:
         handler.perform(plain_request(), FACT)

@@ -14,17 +14,13 @@ from __future__ import annotations
 import base64
 import re
 import threading
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
-import orjson
 import pytest
 
 from factorflow.actions.base import ActionHandler
@@ -32,93 +28,42 @@ from factorflow.connectors.jira import JiraConnector, to_adf
 from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, idempotency_key
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS
+from tests.connectors.fakes import FACT, Double, Got, Reply, json_reply, serving, unused_port
 
 EMAIL = "factorflow-bot@example.com"
 TOKEN = "ATATT3xFfGF0-test-token-value"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 
-
-@dataclass
-class Received:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Scripted:
-    """A one-off answer for the next request to ``path``; ``after_effect`` applies the request
-    first (an answer lost on the way back)."""
-
-    path: str
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    after_effect: bool = False
-
-
-class FakeJira:
+class FakeJira(Double):
     """Issues in memory; projects OPS (id 10000) and SEC (id 10001) with Task and Bug types."""
 
     PROJECTS: ClassVar[dict[str, str]] = {"OPS": "10000", "SEC": "10001"}
     ISSUE_TYPES: ClassVar[dict[str, str]] = {"Task": "10002", "Bug": "10004"}
 
     def __init__(self) -> None:
-        self.url = ""
         self.issues: dict[str, dict[str, Any]] = {}
-        self.received: list[Received] = []
-        self.script: deque[Scripted] = deque()
         self.no_create: set[str] = set()  # projects where the account lacks Create issues
-        self.stall = threading.Event()
-        self.stalling = False
         self.lock = threading.Lock()
 
     # --- what tests read -------------------------------------------------------------------
-    def creates(self) -> list[Received]:
+    def creates(self) -> list[Got]:
         return [r for r in self.received if r.path == "/rest/api/3/issue"]
 
-    def searches(self) -> list[Received]:
+    def searches(self) -> list[Got]:
         return [r for r in self.received if r.path == "/rest/api/3/search/jql"]
 
     def then(self, path: str, status: int, body: Any = b"", *, after_effect: bool = False,
              **headers: str) -> None:
-        raw = body if isinstance(body, bytes) else orjson.dumps(body)
-        self.script.append(Scripted(path, status, raw,
-                                    {k.replace("_", "-"): v for k, v in headers.items()},
-                                    after_effect))
+        self.server.then(status, body, headers=headers, path=path, after_effect=after_effect)
 
     # --- the API ---------------------------------------------------------------------------
-    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes
-               ) -> tuple[int, dict[str, str], bytes]:
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = raw
+    def __call__(self, got: Got) -> Reply:
         with self.lock:
-            self.received.append(Received(method, path, headers, body))
-            scripted = next((s for s in self.script if s.path == path), None)
-            if scripted is not None:
-                self.script.remove(scripted)
-                if not scripted.after_effect:
-                    return scripted.status, scripted.headers, scripted.body
-            answer = self._route(method, path, headers, body)
-            if scripted is not None:
-                return scripted.status, scripted.headers, scripted.body
-            return answer
+            return self._route(got.method, got.path, got.headers, got.data())
 
-    def _route(self, method: str, path: str, headers: dict[str, str], body: Any
-               ) -> tuple[int, dict[str, str], bytes]:
+    def _route(self, method: str, path: str, headers: dict[str, str], body: Any) -> Reply:
         expected = "Basic " + base64.b64encode(f"{EMAIL}:{TOKEN}".encode()).decode()
         if headers.get("authorization") != expected:
             return _json(401, {"errorMessages": [
@@ -130,7 +75,7 @@ class FakeJira:
             return self._create(body)
         return 404, {"content-type": "text/html"}, b"<html><body>Oops, you've found a dead link."
 
-    def _search(self, body: Any) -> tuple[int, dict[str, str], bytes]:
+    def _search(self, body: Any) -> Reply:
         if not isinstance(body, dict) or not isinstance(body.get("jql"), str):
             return _json(400, {"errorMessages": [
                 "Invalid request payload. Refer to the REST API documentation and try again."]})
@@ -146,7 +91,7 @@ class FakeJira:
             "isLast": len(hits) <= limit,
         })
 
-    def _create(self, body: Any) -> tuple[int, dict[str, str], bytes]:
+    def _create(self, body: Any) -> Reply:
         fields = body.get("fields") if isinstance(body, dict) else None
         if not isinstance(fields, dict):
             return _json(400, {"errorMessages": ["Issue must have fields"], "errors": {}})
@@ -191,8 +136,8 @@ class FakeJira:
                            "self": f"{self.url}/rest/api/3/issue/{issue_id}"})
 
 
-def _json(status: int, body: Any) -> tuple[int, dict[str, str], bytes]:
-    return status, {"content-type": "application/json;charset=UTF-8"}, orjson.dumps(body)
+def _json(status: int, body: Any) -> Reply:
+    return json_reply(status, body, content_type="application/json;charset=UTF-8")
 
 
 def _is_adf(node: Any) -> bool:
@@ -210,50 +155,10 @@ def _is_adf(node: Any) -> bool:
     return True
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def _serve(self) -> None:
-        fake: FakeJira = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-        if fake.stalling:
-            fake.stall.wait(10)
-            return
-        status, headers, body = fake.handle(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def jira() -> Iterator[FakeJira]:
-    fake = FakeJira()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.fake = fake  # type: ignore[attr-defined]
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield fake
-    fake.stall.set()
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(FakeJira()) as fake:
+        yield fake
 
 
 def section(fake: FakeJira, **overrides: Any) -> dict[str, Any]:
@@ -325,10 +230,10 @@ def test_a_rule_action_becomes_one_issue_with_the_documented_requests(
         assert sent.headers["content-type"] == "application/json"
         assert sent.headers["accept"] == "application/json"
     assert search.path == "/rest/api/3/search/jql"
-    assert search.body == {
+    assert search.data() == {
         "jql": f'labels = "{label_of(action)}"', "fields": ["key"], "maxResults": 1}
     assert create.path == "/rest/api/3/issue"
-    assert create.body == {
+    assert create.data() == {
         "fields": {
             "project": {"key": "OPS"},
             "issuetype": {"name": "Task"},
@@ -385,7 +290,7 @@ def test_params_choose_project_and_type_by_key_name_or_id(
                             FACT)
 
     assert (by_name.reference, by_id.reference) == ("SEC-1", "SEC-2")
-    first, second = (c.body["fields"] for c in jira.creates())
+    first, second = (c.data()["fields"] for c in jira.creates())
     assert (first["project"], first["issuetype"]) == ({"key": "SEC"}, {"name": "Bug"})
     assert (second["project"], second["issuetype"]) == ({"id": "10001"}, {"id": "10004"})
 
@@ -409,7 +314,7 @@ def test_issue_property_can_be_turned_off(jira: FakeJira, http: httpx.Client) ->
     connector(jira, http, issue_property="").perform(request(), FACT)
 
     (create,) = jira.creates()
-    assert "properties" not in create.body
+    assert "properties" not in create.data()
     assert jira.issues["OPS-1"]["properties"] == {}
 
 
@@ -522,18 +427,18 @@ def test_overload_and_server_errors_are_transient_with_retry_after(
 def test_a_server_that_does_not_answer_in_time_is_transient(
     jira: FakeJira, http: httpx.Client
 ) -> None:
-    jira.stalling = True
+    jira.stall()
     with pytest.raises(TransientActionError, match="timed out"):
         connector(jira, http, timeout_seconds=0.3).perform(request(), FACT)
     assert jira.issues == {}
 
 
 def test_a_server_that_is_down_is_transient(http: httpx.Client) -> None:
-    closed = FakeJira()
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as server:
-        closed.url = f"http://127.0.0.1:{server.server_address[1]}"
+    values = {"base_url": f"http://127.0.0.1:{unused_port()}", "email": EMAIL,
+              "api_token": TOKEN, "project": "OPS"}
+    (handler,) = build_connectors({"jira": values}, http, lambda: NOW)
     with pytest.raises(TransientActionError, match="ConnectError"):
-        connector(closed, http).perform(request(), FACT)
+        handler.perform(request(), FACT)
 
 
 # --- permanent failures ----------------------------------------------------------------------

@@ -10,18 +10,13 @@ table, the pattern the connector's documentation asks flows to follow.
 
 from __future__ import annotations
 
-import socket
 import textwrap
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import orjson
@@ -30,16 +25,10 @@ import pytest
 from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import FACT, Double, Got, Reply, serving, unused_port
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 ALIAS = "6a1b2c3d4e5f60718293a4b5c6d7e8f9"
 CLIENT_TOKEN = "ct-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -79,29 +68,25 @@ def okta_error(code: str, summary: str) -> bytes:
     })
 
 
-@dataclass
-class Invocation:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: dict[str, Any]
+class Flow(Double):
+    """An API Endpoint flow: its security level, the keys in its table, and scripted answers
+    that replace the flow's own once a request is authorized (consumed in order)."""
 
-
-class Flow:
-    """An API Endpoint flow: its security level, what it received, the keys in its table,
-    and scripted answers that replace the flow's own (consumed in order)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
+    def __init__(self) -> None:
         self.security = "client_token"
         self.access_tokens = {ACCESS_TOKEN}
-        self.invocations: list[Invocation] = []
         self.table: dict[str, str] = {}  # idempotencyKey -> the flow's result
         self.work_done = 0
-        self.scripted: deque[tuple[int, dict[str, str], bytes]] = deque()
-        self.delay = 0.0
+        self.scripted: deque[Reply] = deque()
         self.lock = threading.Lock()
+
+    @property
+    def base(self) -> str:
+        return self.url
+
+    @property
+    def invocations(self) -> list[Got]:
+        return self.received
 
     @property
     def invoke_url(self) -> str:
@@ -110,8 +95,14 @@ class Flow:
     def script(self, status: int, body: bytes = b"", **headers: str) -> None:
         self.scripted.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, body))
 
-    def answer(self, invocation: Invocation) -> tuple[int, dict[str, str], bytes]:
-        if invocation.path != f"/api/flo/{ALIAS}/invoke":
+    def __call__(self, got: Got) -> Reply:
+        status, headers, body = self.answer(got)
+        request_id = f"reqId{len(self.received):04d}"
+        return status, {"content-type": "application/json", "x-okta-request-id": request_id,
+                        **headers}, body
+
+    def answer(self, invocation: Got) -> Reply:
+        if invocation.method != "POST" or invocation.path != f"/api/flo/{ALIAS}/invoke":
             return 404, {}, okta_error("E0000007", "Not found: Resource not found")
         denied = self._denied(invocation)
         if denied is not None:
@@ -119,7 +110,7 @@ class Flow:
         with self.lock:
             if self.scripted:
                 return self.scripted.popleft()
-            key = invocation.body.get("idempotencyKey")
+            key = (invocation.data() or {}).get("idempotencyKey")
             if not isinstance(key, str):
                 return 400, {}, orjson.dumps({"error": "idempotencyKey is required"})
             if key in self.table:  # the table lookup the flow does first
@@ -129,11 +120,11 @@ class Flow:
             self.table[key] = result
         return 200, {}, orjson.dumps({"alreadyDone": False, "result": result})
 
-    def _denied(self, invocation: Invocation) -> tuple[int, dict[str, str], bytes] | None:
+    def _denied(self, invocation: Got) -> Reply | None:
         unauthorized = (401, {"www-authenticate": 'Bearer realm="workflows"'},
                         okta_error("E0000011", "Invalid token provided"))
         if self.security == "client_token":
-            given = invocation.query.get("clientToken", [])
+            given = invocation.query_lists.get("clientToken", [])
             header = invocation.headers.get("x-api-client-token")
             if [*given, *([header] if header else [])] != [CLIENT_TOKEN]:
                 return unauthorized
@@ -149,55 +140,10 @@ class Flow:
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def do_POST(self) -> None:
-        flow: Flow = self.server.flow
-        raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-        parts = urlsplit(self.path)
-        invocation = Invocation(
-            "POST", parts.path, parse_qs(parts.query),
-            {k.lower(): v for k, v in self.headers.items()},
-            orjson.loads(raw) if raw else {},
-        )
-        with flow.lock:
-            flow.invocations.append(invocation)
-        if flow.delay:
-            time.sleep(flow.delay)
-        status, headers, body = flow.answer(invocation)
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("x-okta-request-id", f"reqId{len(flow.invocations):04d}")
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def flow() -> Iterator[Flow]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.flow = Flow(f"http://127.0.0.1:{server.server_address[1]}")  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.flow  # type: ignore[attr-defined]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(Flow()) as fake:
+        yield fake
 
 
 def connector(http: httpx.Client, **settings: Any) -> Any:
@@ -219,10 +165,10 @@ def test_client_token_in_the_invoke_url_posts_the_fact_with_key_rule_and_rendere
     assert (outcome.status, outcome.reference) == (OutcomeStatus.DONE, "reqId0001")
     (got,) = flow.invocations
     assert (got.method, got.path) == ("POST", f"/api/flo/{ALIAS}/invoke")
-    assert got.query == {"clientToken": [CLIENT_TOKEN]}
+    assert got.query_lists == {"clientToken": [CLIENT_TOKEN]}
     assert got.headers["content-type"] == "application/json"
     assert "x-api-client-token" not in got.headers and "authorization" not in got.headers
-    body = got.body
+    body = got.json()
     assert body["idempotencyKey"] == request.idempotency_key
     assert (body["ruleId"], body["actionId"]) == ("notify-helpdesk", "flow")
     assert body["params"] == {
@@ -248,7 +194,7 @@ def test_client_token_setting_goes_in_the_x_api_client_token_header(
     assert outcome.status is OutcomeStatus.DONE
     (got,) = flow.invocations
     assert got.headers["x-api-client-token"] == CLIENT_TOKEN
-    assert got.query == {}
+    assert got.query_lists == {}
 
 
 def test_invoke_url_and_client_token_can_come_from_files(
@@ -297,7 +243,7 @@ def test_public_service_flow_is_invoked_without_credentials(
     assert handler.perform(request_for_rule(), FACT).status is OutcomeStatus.DONE
     (got,) = flow.invocations
     assert "authorization" not in got.headers and "x-api-client-token" not in got.headers
-    assert got.query == {}
+    assert got.query_lists == {}
 
 
 def test_an_async_flow_answering_202_without_output_is_done_with_its_request_id(
@@ -329,7 +275,8 @@ def test_the_same_step_twice_does_the_flows_work_once(flow: Flow, http: httpx.Cl
     assert second.status is OutcomeStatus.ALREADY_DONE
     assert "already" in second.detail
     assert len(flow.invocations) == 2
-    assert {i.body["idempotencyKey"] for i in flow.invocations} == {request.idempotency_key}
+    assert {i.json()["idempotencyKey"] for i in flow.invocations} == {
+        request.idempotency_key}
     assert flow.work_done == 1
     assert flow.table == {request.idempotency_key: "case-1"}
 
@@ -428,9 +375,7 @@ def test_a_flow_that_rejects_the_input_is_permanent(flow: Flow, http: httpx.Clie
 
 
 def test_nobody_listening_is_transient(http: httpx.Client) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = unused_port()
     handler = connector(http, invoke_url=f"http://127.0.0.1:{port}/api/flo/{ALIAS}/invoke",
                         client_token=CLIENT_TOKEN)
 
@@ -441,7 +386,7 @@ def test_nobody_listening_is_transient(http: httpx.Client) -> None:
 
 
 def test_a_flow_slower_than_the_timeout_is_transient(flow: Flow, http: httpx.Client) -> None:
-    flow.delay = 1.0
+    flow.stall()
     handler = connector(http, invoke_url=flow.invoke_url, client_token=CLIENT_TOKEN,
                         timeout_seconds=0.2)
 

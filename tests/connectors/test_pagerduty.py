@@ -14,11 +14,9 @@ one-off answers (429, 5xx).
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,55 +30,26 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, 
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import (
+    ACTIVATION,
+    FACT,
+    Double,
+    Got,
+    Reply,
+    json_reply,
+    serving,
+    unused_port,
+)
 
 ROUTING_KEY = "R0ut1ngK3yF0rTh3Ev3ntsAp1V2xx01a"
 assert len(ROUTING_KEY) == 32
 WATCHED_SECRETS.add(ROUTING_KEY)  # never in a log line
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
-_EVENTS = [orjson.loads(line)
-           for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()]
-_ACTIVATE = next(e for e in _EVENTS if e.get("eventType") == "user.mfa.factor.activate")
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 # the same user enrolling again, as a second event
-FACT_AGAIN = to_fact({**_ACTIVATE, "uuid": "f0000000-a0a8-11ed-a750-9f5fc296ce63"},
+FACT_AGAIN = to_fact({**ACTIVATION, "uuid": "f0000000-a0a8-11ed-a750-9f5fc296ce63"},
                      org="example.okta.com", received_at="2024-05-01T12:05:00.000000Z")
-
-
-@dataclass
-class Got:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        got = Got(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-        status, headers, reply = self.server.app(got)
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -93,7 +62,7 @@ class Alert:
 
 
 def _answer(status: int, data: dict[str, Any], **headers: str) -> Reply:
-    return status, {"content-type": "application/json", **headers}, orjson.dumps(data)
+    return json_reply(status, data, **headers)
 
 
 def _invalid(*errors: str) -> Reply:
@@ -101,14 +70,10 @@ def _invalid(*errors: str) -> Reply:
                          "errors": list(errors)})
 
 
-class FakePagerDuty:
+class FakePagerDuty(Double):
     def __init__(self) -> None:
-        self.url = ""
-        self.received: list[Got] = []
         self.alerts: list[Alert] = []
         self.dropped: list[dict[str, Any]] = []
-        self.scripts: deque[tuple[int, dict[str, str], bytes]] = deque()
-        self.release = threading.Event()
         self.lock = threading.Lock()
         self.counter = 0
 
@@ -117,27 +82,20 @@ class FakePagerDuty:
         return f"{self.url}/v2/enqueue"
 
     def then(self, status: int, body: bytes = b"", **headers: str) -> None:
-        self.scripts.append((status, {k.replace("_", "-"): v for k, v in headers.items()}, body))
+        self.server.then(status, body, headers=headers)
 
     def open_alert(self, dedup_key: str) -> Alert | None:
         return next((a for a in self.alerts
                      if a.dedup_key == dedup_key and a.status != "resolved"), None)
 
     def __call__(self, got: Got) -> Reply:
+        if got.method != "POST" or got.path != "/v2/enqueue":
+            return 404, {"content-type": "text/html"}, b"Not Found"
+        try:
+            event = got.json()
+        except orjson.JSONDecodeError:
+            return _invalid("Malformed JSON")
         with self.lock:
-            self.received.append(got)
-            scripted = self.scripts.popleft() if self.scripts else None
-            if scripted is not None:
-                if scripted[0] == 0:
-                    self.release.wait(30)
-                    return _answer(202, {"status": "success", "message": "Event processed"})
-                return scripted
-            if got.path != "/v2/enqueue":
-                return 404, {"content-type": "text/html"}, b"Not Found"
-            try:
-                event = got.json()
-            except orjson.JSONDecodeError:
-                return _invalid("Malformed JSON")
             return self._enqueue(event)
 
     def _enqueue(self, event: dict[str, Any]) -> Reply:
@@ -189,25 +147,8 @@ class FakePagerDuty:
 
 @pytest.fixture
 def pagerduty() -> Iterator[FakePagerDuty]:
-    fake = FakePagerDuty()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.app = fake  # type: ignore[attr-defined]
-    host, port = server.server_address[:2]
-    fake.url = f"http://{host}:{port}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    fake.release.set()
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(FakePagerDuty()) as fake:
+        yield fake
 
 
 def connector(fake: FakePagerDuty, http: httpx.Client, **overrides: Any) -> ActionHandler:
@@ -475,7 +416,7 @@ def test_throttling_and_server_errors_are_transient(
 def test_a_server_that_does_not_answer_in_time_is_transient(
     pagerduty: FakePagerDuty, http: httpx.Client
 ) -> None:
-    pagerduty.then(0)
+    pagerduty.stall()
     with pytest.raises(TransientActionError) as caught:
         connector(pagerduty, http, timeout_seconds=0.5).perform(request(), FACT)
 
@@ -484,8 +425,7 @@ def test_a_server_that_does_not_answer_in_time_is_transient(
 
 
 def test_a_server_that_is_down_is_transient(http: httpx.Client) -> None:
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as closed:
-        port = closed.server_address[1]
+    port = unused_port()
     (handler,) = build_connectors({"pagerduty": {
         "routing_key": ROUTING_KEY, "api_url": f"http://127.0.0.1:{port}/v2/enqueue"}}, http)
     with pytest.raises(TransientActionError) as caught:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from factorflow.connectors.base import ConnectorSettings
@@ -29,23 +28,17 @@ from factorflow.connectors.registry import (
 )
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus
 from factorflow.errors import ConfigError, InvalidRules
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
 from factorflow.rules.action_kinds import ActionKind, extend_kinds
 from factorflow.settings import load_settings
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import FACT
 
 MODULE = "ffx_ticker_connector"
 API_KEY = "tk-live-0d9c8b7a6f5e4d3c"
 WATCHED_SECRETS.add(API_KEY)  # never in a log line
 BUILTIN_KINDS = {"email", "jira", "okta_workflows", "pagerduty", "servicenow", "slack", "teams"}
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 
 # A complete third-party connector, as its author would write it (see docs/connectors.md).
 CONNECTOR_SOURCE = '''
@@ -124,12 +117,6 @@ def third_party(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
         yield site
     finally:
         sys.modules.pop(MODULE, None)
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client() as client:
-        yield client
 
 
 def request(key: str = "ff-00000000000000000000000000000001", **params: Any) -> ActionRequest:

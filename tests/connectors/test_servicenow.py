@@ -16,41 +16,29 @@ import base64
 import secrets
 import textwrap
 import threading
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-import orjson
 import pytest
 
 from factorflow.actions.base import ActionHandler
 from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, idempotency_key
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
 from factorflow.settings import load_settings
-from tests.conftest import CORPUS
+from tests.connectors.fakes import FACT, Double, Got, Reply, json_reply, serving, unused_port
 
 USER = "factorflow.integration"
 PASSWORD = "s3cret-Password!"
 READ_ONLY_USER = "factorflow.viewer"
 OAUTH_TOKEN = "oauth-access-token-value"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
 
 _TASK_COLUMNS = frozenset({
     "sys_id", "number", "short_description", "description", "correlation_id",
@@ -60,35 +48,16 @@ _TASK_COLUMNS = frozenset({
 
 
 @dataclass
-class Received:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: Any
-
-
-@dataclass
-class Scripted:
-    method: str
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    after_effect: bool = False  # apply the request, then answer this (an answer lost)
-
-
-@dataclass
 class Table:
     columns: frozenset[str]
     prefix: str | None  # number prefix, None for a table without numbers
     rows: list[dict[str, str]] = field(default_factory=list)
 
 
-class FakeServiceNow:
+class FakeServiceNow(Double):
     GROUPS: ClassVar[dict[str, str]] = {"Service Desk": "8a4dde73c6112278017a6a4baf547aa7"}
 
     def __init__(self) -> None:
-        self.url = ""
         self.tables = {
             "incident": Table(_TASK_COLUMNS | {"u_factor_type", "u_source"}, "INC"),
             # a custom table with correlation fields but no number
@@ -98,42 +67,22 @@ class FakeServiceNow:
             "u_legacy": Table(frozenset({"sys_id", "number", "short_description",
                                          "description"}), "LEG"),
         }
-        self.received: list[Received] = []
-        self.script: deque[Scripted] = deque()
         self.lock = threading.Lock()
 
     def rows(self, table: str = "incident") -> list[dict[str, str]]:
         return self.tables[table].rows
 
-    def posts(self) -> list[Received]:
+    def posts(self) -> list[Got]:
         return [r for r in self.received if r.method == "POST"]
 
     def then(self, method: str, status: int, body: Any = b"", *, after_effect: bool = False,
              **headers: str) -> None:
-        raw = body if isinstance(body, bytes) else orjson.dumps(body)
-        self.script.append(Scripted(method, status, raw,
-                                    {k.replace("_", "-"): v for k, v in headers.items()},
-                                    after_effect))
+        self.server.then(status, body, headers=headers, method=method,
+                         after_effect=after_effect)
 
-    def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes
-               ) -> tuple[int, dict[str, str], bytes]:
-        parts = urlsplit(target)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = raw
+    def __call__(self, got: Got) -> Reply:
         with self.lock:
-            self.received.append(Received(method, parts.path, query, headers, body))
-            scripted = next((s for s in self.script if s.method == method), None)
-            if scripted is not None:
-                self.script.remove(scripted)
-                if not scripted.after_effect:
-                    return scripted.status, scripted.headers, scripted.body
-            answer = self._route(method, parts.path, query, headers, body)
-            if scripted is not None:
-                return scripted.status, scripted.headers, scripted.body
-            return answer
+            return self._route(got.method, got.path, got.query, got.headers, got.data())
 
     def _user(self, headers: dict[str, str]) -> str | None:
         value = headers.get("authorization", "")
@@ -145,7 +94,7 @@ class FakeServiceNow:
         return None
 
     def _route(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
-               body: Any) -> tuple[int, dict[str, str], bytes]:
+               body: Any) -> Reply:
         user = self._user(headers)
         if user is None:
             return _failure(401, "User Not Authenticated", "Required to provide Auth information")
@@ -165,7 +114,7 @@ class FakeServiceNow:
             return self._insert(table, query, body)
         return _failure(405, "Method not Supported", None)
 
-    def _query(self, table: Table, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _query(self, table: Table, query: dict[str, str]) -> Reply:
         rows = table.rows
         for term in filter(None, query.get("sysparm_query", "").split("^")):
             column, _, value = term.partition("=")
@@ -176,8 +125,7 @@ class FakeServiceNow:
         status, headers, body = _json(200, {"result": result})
         return status, {**headers, "x-total-count": str(len(rows))}, body
 
-    def _insert(self, table: Table, query: dict[str, str], body: Any
-                ) -> tuple[int, dict[str, str], bytes]:
+    def _insert(self, table: Table, query: dict[str, str], body: Any) -> Reply:
         if not isinstance(body, dict):
             return _failure(400, "Exception while reading request",
                             "The payload is not valid JSON.")
@@ -198,56 +146,19 @@ class FakeServiceNow:
         return {c: row.get(c, "") for c in wanted.split(",") if c in table.columns}
 
 
-def _json(status: int, body: Any) -> tuple[int, dict[str, str], bytes]:
-    return status, {"content-type": "application/json;charset=UTF-8"}, orjson.dumps(body)
+def _json(status: int, body: Any) -> Reply:
+    return json_reply(status, body, content_type="application/json;charset=UTF-8")
 
 
-def _failure(status: int, message: str, detail: str | None
-             ) -> tuple[int, dict[str, str], bytes]:
+def _failure(status: int, message: str, detail: str | None) -> Reply:
     return _json(status, {"error": {"message": message, "detail": detail},
                           "status": "failure"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def _serve(self) -> None:
-        fake: FakeServiceNow = self.server.fake
-        raw = self.rfile.read(int(self.headers.get("content-length", "0")))
-        status, headers, body = fake.handle(
-            self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def snow() -> Iterator[FakeServiceNow]:
-    fake = FakeServiceNow()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.fake = fake  # type: ignore[attr-defined]
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(FakeServiceNow()) as fake:
+        yield fake
 
 
 def section(fake: FakeServiceNow, **overrides: Any) -> dict[str, Any]:
@@ -317,14 +228,14 @@ def test_a_rule_action_becomes_one_record_with_the_documented_requests(
         assert sent.path == "/api/now/table/incident"
         assert sent.headers["authorization"] == basic
         assert sent.headers["accept"] == "application/json"
-    assert (lookup.method, lookup.query, lookup.body) == ("GET", LOOKUP, None)
+    assert (lookup.method, lookup.query, lookup.data()) == ("GET", LOOKUP, None)
     assert insert.method == "POST"
     assert insert.headers["content-type"] == "application/json"
     assert insert.query == {
         "sysparm_fields": "sys_id,number,correlation_id",
         "sysparm_exclude_reference_link": "true",
     }
-    assert insert.body == {
+    assert insert.data() == {
         "u_source": "okta",
         "assignment_group": "8a4dde73c6112278017a6a4baf547aa7",
         "category": "security",
@@ -352,7 +263,7 @@ def test_without_params_the_record_is_described_from_the_fact(
     assert lines[0] == f"Event: user.mfa.factor.activate ({FACT.uuid})"
     assert "User: aps <aps@google.com>" in lines
     assert "Client: 1.1.1.1 (India)" in lines
-    assert set(snow.posts()[0].body) == {
+    assert set(snow.posts()[0].data()) == {
         "short_description", "description", "correlation_id", "correlation_display"}
 
 
@@ -518,11 +429,11 @@ def test_overload_and_server_errors_are_transient_with_retry_after(
 
 
 def test_an_instance_that_is_down_is_transient(http: httpx.Client) -> None:
-    closed = FakeServiceNow()
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as server:
-        closed.url = f"http://127.0.0.1:{server.server_address[1]}"
+    values = {"instance_url": f"http://127.0.0.1:{unused_port()}", "username": USER,
+              "password": PASSWORD}
+    (handler,) = build_connectors({"servicenow": values}, http, lambda: NOW)
     with pytest.raises(TransientActionError, match="ConnectError"):
-        connector(closed, http).perform(request(), FACT)
+        handler.perform(request(), FACT)
 
 
 # --- permanent failures ----------------------------------------------------------------------

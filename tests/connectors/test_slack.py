@@ -17,14 +17,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import orjson
@@ -35,9 +31,19 @@ from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, idempotency_key
 from factorflow.domain.facts import Fact, Person
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import (
+    FACT,
+    STALL,
+    Double,
+    Got,
+    Reply,
+    header_names,
+    json_reply,
+    serving,
+    unused_port,
+)
 
 BOT_TOKEN = "xoxb-1111111111-2222222222-SlackDoubleBotTokenValue"
 WEBHOOK_PATH = "/services/T0ORG0001/B0HOOK0001/WebhookSecretPart0123456789"
@@ -47,74 +53,9 @@ ALERTS = "C0ALERTS01"  # the bot is a member
 LOUNGE = "C0LOUNGE01"  # the bot was never invited
 WATCHED_SECRETS.update({BOT_TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1]})  # never in a log line
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
-
-
-# -- a small HTTP server -------------------------------------------------------------------
-
-
-@dataclass
-class Got:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def params(self) -> dict[str, Any]:
-        """The API arguments, wherever the client put them (query, form or JSON body)."""
-        found: dict[str, Any] = dict(self.query)
-        kind = self.headers.get("content-type", "")
-        if kind.startswith("application/json"):
-            found.update(orjson.loads(self.body))
-        elif kind.startswith("application/x-www-form-urlencoded"):
-            found.update(parse_qsl(self.body.decode()))
-        return found
-
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def _serve(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        split = urlsplit(self.path)
-        got = Got(self.command, split.path, dict(parse_qsl(split.query)),
-                  {k.lower(): v for k, v in self.headers.items()}, body)
-        status, headers, reply = self.server.app(got)
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-        except OSError:
-            pass  # the client gave up waiting
-
-    do_GET = do_POST = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class Scripted:
-    status: int
-    body: dict[str, Any] | bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
 
 def _json_reply(status: int, data: dict[str, Any], **headers: str) -> Reply:
-    return status, {"content-type": "application/json; charset=utf-8", **headers}, orjson.dumps(
-        data)
+    return json_reply(status, data, content_type="application/json; charset=utf-8", **headers)
 
 
 def _cursor(offset: int) -> str:
@@ -127,12 +68,10 @@ def _offset(cursor: str | None) -> int:
     return int(base64.b64decode(cursor).decode().split(":")[1])
 
 
-class FakeSlack:
+class FakeSlack(Double):
     """Channels with their messages (newest last), the bot's memberships, and what came in."""
 
     def __init__(self) -> None:
-        self.url = ""
-        self.received: list[Got] = []
         self.lock = threading.Lock()
         self.channels: dict[str, dict[str, Any]] = {
             SECOPS: {"name": "security-operations", "private": False, "member": True},
@@ -141,18 +80,26 @@ class FakeSlack:
         }
         self.messages: dict[str, list[dict[str, Any]]] = {cid: [] for cid in self.channels}
         self.webhook_posts: list[dict[str, Any]] = []
-        self.scripts: dict[str, deque[Scripted]] = {}
         self.scopes = {"chat:write", "channels:history", "groups:history", "channels:read",
                        "groups:read"}
         self.clock = NOW.timestamp()
-        self.release = threading.Event()  # a stalled answer waits for this
 
     # -- test controls
 
     def then(self, method: str, status: int, body: dict[str, Any] | bytes,
              **headers: str) -> None:
-        self.scripts.setdefault(method, deque()).append(
-            Scripted(status, body, {k.replace("_", "-"): v for k, v in headers.items()}))
+        """A one-off answer to the next call of an API ``method`` (or of the ``webhook``);
+        status STALL: no answer."""
+        path = WEBHOOK_PATH if method == "webhook" else f"/api/{method}"
+        if status == STALL:
+            self.server.stall(path=path)
+            return
+        named = header_names(headers)
+        if method == "webhook":
+            named = {"content-type": "text/html", **named}
+        elif not isinstance(body, bytes):
+            named = {"content-type": "application/json; charset=utf-8", **named}
+        self.server.then(status, body, headers=named, path=path)
 
     def add_message(self, channel: str, ts: float, *, text: str = "hello",
                     meta: dict[str, Any] | None = None) -> None:
@@ -171,22 +118,11 @@ class FakeSlack:
     # -- the API
 
     def __call__(self, got: Got) -> Reply:
-        with self.lock:
-            self.received.append(got)
         if got.path == WEBHOOK_PATH:
             return self._webhook(got)
         if not got.path.startswith("/api/"):
             return 404, {"content-type": "text/plain"}, b"Not Found"
         method = got.path.removeprefix("/api/")
-        queue = self.scripts.get(method)
-        if queue:
-            scripted = queue.popleft()
-            if scripted.status == 0:
-                self.release.wait(30)
-                return _json_reply(200, {"ok": False, "error": "too_late"})
-            if isinstance(scripted.body, bytes):
-                return scripted.status, scripted.headers, scripted.body
-            return _json_reply(scripted.status, scripted.body, **scripted.headers)
         authorization = got.headers.get("authorization")
         if authorization is None:
             return _json_reply(200, {"ok": False, "error": "not_authed"})
@@ -284,12 +220,6 @@ class FakeSlack:
         })
 
     def _webhook(self, got: Got) -> Reply:
-        queue = self.scripts.get("webhook")
-        if queue:
-            scripted = queue.popleft()
-            body = scripted.body if isinstance(scripted.body, bytes) else orjson.dumps(
-                scripted.body)
-            return scripted.status, {"content-type": "text/html", **scripted.headers}, body
         try:
             data = orjson.loads(got.body)
         except orjson.JSONDecodeError:
@@ -333,25 +263,8 @@ def _block_problems(blocks: Any) -> list[str]:
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    fake = FakeSlack()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.app = fake  # type: ignore[attr-defined]
-    host, port = server.server_address[:2]
-    fake.url = f"http://{host}:{port}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    fake.release.set()
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(FakeSlack()) as fake:
+        yield fake
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -667,7 +580,7 @@ def test_overload_and_server_errors_are_transient_with_retry_after(
 def test_a_server_that_does_not_answer_in_time_is_transient(
     slack: FakeSlack, http: httpx.Client
 ) -> None:
-    slack.then("conversations.history", 0, {})
+    slack.then("conversations.history", STALL, {})
     with pytest.raises(TransientActionError) as caught:
         connector(slack, http, timeout_seconds=1).perform(request({"channel": SECOPS}), FACT)
 
@@ -677,8 +590,7 @@ def test_a_server_that_does_not_answer_in_time_is_transient(
 
 
 def test_a_server_that_is_down_is_transient(http: httpx.Client) -> None:
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as closed:
-        port = closed.server_address[1]
+    port = unused_port()
     (handler,) = build_connectors({"slack": {
         "bot_token": BOT_TOKEN, "base_url": f"http://127.0.0.1:{port}/api/"}}, http,
         lambda: LATER)
@@ -834,8 +746,7 @@ def test_webhook_errors_follow_the_shared_split_and_hide_the_url(
 
 
 def test_a_webhook_that_is_down_is_transient_and_hides_the_url(http: httpx.Client) -> None:
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as closed:
-        port = closed.server_address[1]
+    port = unused_port()
     (handler,) = build_connectors(
         {"slack": {"webhook_url": f"http://127.0.0.1:{port}{WEBHOOK_PATH}"}}, http, lambda: LATER)
     with pytest.raises(TransientActionError) as caught:

@@ -17,14 +17,10 @@ Posted cards are kept per channel. Tests queue one-off answers.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import orjson
@@ -34,9 +30,9 @@ from factorflow.actions.base import ActionHandler
 from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, idempotency_key
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
-from factorflow.okta.translate import to_fact
 from factorflow.rules import evaluate, parse_rules
-from tests.conftest import CORPUS, WATCHED_SECRETS
+from tests.conftest import WATCHED_SECRETS
+from tests.connectors.fakes import FACT, Double, Got, Reply, json_reply, serving, unused_port
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 FLOW_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
@@ -47,72 +43,15 @@ LEGACY_PATH = ("/webhookb2/6f0c2c4e-1111-2222-3333-444455556666@0a1b2c3d-7777-88
                "aaaabbbbcccc/IncomingWebhook/LegacySecretPart42/9d8c7b6a-0000-1111-2222-333344445555")
 WATCHED_SECRETS.update({SIG, "LegacySecretPart42"})  # never in a log line
 
-_ACTIVATE = next(
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if b'"user.mfa.factor.activate"' in line
-)
-FACT = to_fact(_ACTIVATE, org="example.okta.com", received_at="2024-05-01T12:00:00.000000Z")
-
-
-@dataclass
-class Got:
-    method: str
-    path: str
-    query: dict[str, str]
-    raw_query: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-Reply = tuple[int, dict[str, str], bytes]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Any
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length") or 0))
-        split = urlsplit(self.path)
-        got = Got(self.command, split.path, dict(parse_qsl(split.query)), split.query,
-                  {k.lower(): v for k, v in self.headers.items()}, body)
-        status, headers, reply = self.server.app(got)
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@dataclass
-class Scripted:
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
 
 def _error(status: int, code: str, message: str, **headers: str) -> Reply:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    return status, {"content-type": "application/json; charset=utf-8", **headers}, body
+    return json_reply(status, {"error": {"code": code, "message": message}},
+                      content_type="application/json; charset=utf-8", **headers)
 
 
-class FakeTeams:
+class FakeTeams(Double):
     def __init__(self) -> None:
-        self.url = ""
-        self.received: list[Got] = []
         self.cards: dict[str, list[dict[str, Any]]] = {"flow": [], "legacy": []}
-        self.scripts: deque[Scripted] = deque()
-        self.release = threading.Event()
         self.lock = threading.Lock()
 
     @property
@@ -124,21 +63,12 @@ class FakeTeams:
         return f"{self.url}{LEGACY_PATH}"
 
     def then(self, status: int, body: bytes = b"", **headers: str) -> None:
-        self.scripts.append(Scripted(status, body, {k.replace("_", "-"): v
-                                                    for k, v in headers.items()}))
+        self.server.then(status, body, headers=headers)
 
     def __call__(self, got: Got) -> Reply:
-        with self.lock:
-            self.received.append(got)
-            scripted = self.scripts.popleft() if self.scripts else None
-        if scripted is not None:
-            if scripted.status == 0:
-                self.release.wait(30)
-                return 202, {}, b""
-            return scripted.status, scripted.headers, scripted.body
-        if got.path == FLOW_PATH:
+        if got.method == "POST" and got.path == FLOW_PATH:
             return self._flow(got)
-        if got.path == LEGACY_PATH:
+        if got.method == "POST" and got.path == LEGACY_PATH:
             return self._legacy(got)
         return _error(404, "WorkflowNotFound", "The workflow could not be found.")
 
@@ -189,25 +119,8 @@ def _card_problem(got: Got) -> str | None:
 
 @pytest.fixture
 def teams() -> Iterator[FakeTeams]:
-    fake = FakeTeams()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.app = fake  # type: ignore[attr-defined]
-    host, port = server.server_address[:2]
-    fake.url = f"http://{host}:{port}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield fake
-    fake.release.set()
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False,
-                      headers={"user-agent": "factorflow"}) as client:
-        yield client
+    with serving(FakeTeams()) as fake:
+        yield fake
 
 
 def connector(http: httpx.Client, **values: Any) -> ActionHandler:
@@ -441,7 +354,7 @@ def test_a_wrong_or_deleted_webhook_is_permanent_and_its_url_stays_secret(
 def test_a_webhook_that_does_not_answer_in_time_is_transient(
     teams: FakeTeams, http: httpx.Client
 ) -> None:
-    teams.then(0)
+    teams.stall()
     with pytest.raises(TransientActionError) as caught:
         connector(http, webhook_url=teams.flow_url, timeout_seconds=0.5).perform(request(), FACT)
 
@@ -451,8 +364,7 @@ def test_a_webhook_that_does_not_answer_in_time_is_transient(
 
 
 def test_a_webhook_that_is_down_is_transient(http: httpx.Client) -> None:
-    with ThreadingHTTPServer(("127.0.0.1", 0), _Handler) as closed:
-        port = closed.server_address[1]
+    port = unused_port()
     handler = connector(http, webhook_url=f"http://127.0.0.1:{port}{FLOW_PATH}?{FLOW_QUERY}")
     with pytest.raises(TransientActionError) as caught:
         handler.perform(request(), FACT)

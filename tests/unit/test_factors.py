@@ -3,24 +3,25 @@ a strength class, and docs/facts.md lists exactly the values the code produces."
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
 import pytest
 
+from factorflow.domain.factors import FACTOR_TYPES, STRENGTH, strength_of
 from factorflow.domain.facts import Client, Engine, EnrolledBy, EventKind, Fact, Factor, Strength
 from factorflow.okta.factors import (
     API_FACTOR_TYPES,
     AUTHENTICATORS,
     FRIENDLY_NAMES,
     METHODS,
-    STRENGTH,
     from_authenticator,
     from_friendly_name,
-    strength_of,
 )
 
 FACTS_DOC = Path(__file__).resolve().parents[2] / "docs" / "facts.md"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "factorflow"
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -92,6 +93,42 @@ def test_every_known_name_maps_to_a_type_with_a_strength() -> None:
     for vocabulary in (FRIENDLY_NAMES, AUTHENTICATORS, METHODS, API_FACTOR_TYPES):
         unrated = {name: kind for name, kind in vocabulary.items() if kind not in STRENGTH}
         assert unrated == {}
+
+
+def test_the_types_are_the_rated_ones_and_unknown() -> None:
+    assert (*STRENGTH, "unknown") == FACTOR_TYPES
+    assert len(set(FACTOR_TYPES)) == len(FACTOR_TYPES)
+
+
+def _factorflow_imports(module: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("factorflow")}
+
+
+@pytest.mark.parametrize("package", ["domain", "rules"])
+def test_domain_and_rules_do_not_import_okta(package: str) -> None:
+    modules = sorted((PACKAGE / package).glob("*.py"))
+    assert modules
+    reaching = {
+        module.name: sorted(name for name in _factorflow_imports(module)
+                            if name.startswith("factorflow.okta"))
+        for module in modules
+    }
+    assert {name: okta for name, okta in reaching.items() if okta} == {}
+
+
+def test_domain_imports_only_domain() -> None:
+    outside = {
+        module.name: sorted(name for name in _factorflow_imports(module)
+                            if not name.startswith("factorflow.domain"))
+        for module in sorted((PACKAGE / "domain").glob("*.py"))
+    }
+    assert {name: names for name, names in outside.items() if names} == {}
 
 
 def test_every_strength_class_is_reachable() -> None:

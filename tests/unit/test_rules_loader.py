@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from factorflow.domain.factors import STRENGTH
 from factorflow.errors import InvalidRules
-from factorflow.okta.factors import STRENGTH
 from factorflow.rules import (
     BUILTIN_ACTION_KINDS,
     ActionKind,
@@ -324,7 +324,8 @@ def test_defaults_problems() -> None:
 def test_top_level_problems() -> None:
     assert problems_of("version: 1\nrules: []\nextra: 1\n") == [
         "rules.yaml: match: required",
-        "rules.yaml: extra: unknown key (allowed: version, match, defaults, rules)",
+        "rules.yaml: extra: unknown key (allowed: version, match, defaults, rules, "
+        "template_limits)",
     ]
     assert problems_of("version: 1\nmatch: all\nrules: {a: 1}\n") == [
         "rules.yaml: rules: expected a list, got a mapping",

@@ -13,6 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from tests.payloads import shapes
 
+from factorflow.domain.factors import STRENGTH
 from factorflow.domain.facts import (
     Client,
     Engine,
@@ -21,7 +22,6 @@ from factorflow.domain.facts import (
     Fact,
     Strength,
 )
-from factorflow.okta.factors import STRENGTH
 from factorflow.okta.translate import KINDS, to_fact
 
 RECEIVED = "2026-03-15T10:22:15.000000Z"

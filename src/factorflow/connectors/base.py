@@ -1,8 +1,11 @@
 """What every connector shares: a settings model validated at start, secrets as SecretStr,
-and one split of failures into transient (retried) and permanent (dead-lettered)."""
+one split of failures into transient (retried) and permanent (dead-lettered), and the checks
+for the URLs connectors call (some of which are secrets themselves). The text connectors build
+from a fact is in :mod:`factorflow.connectors.text`."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -14,8 +17,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from factorflow.actions.base import ActionHandler
 from factorflow.domain.actions import ActionRequest
-from factorflow.domain.facts import EventKind
-from factorflow.errors import PermanentActionError, TransientActionError
+from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.secrets_source import read_secret
 
 Clock = Callable[[], datetime]
@@ -48,18 +50,6 @@ class ConnectorFactory(Protocol):
     def create(
         self, settings: Any, http: httpx.Client, clock: Clock
     ) -> ActionHandler: ...
-
-
-# How connectors title a message about each kind of factor event.
-KIND_TITLES = {
-    EventKind.ENROLLMENT: "MFA factor enrolled",
-    EventKind.DEACTIVATION: "MFA factor removed",
-    EventKind.RESET_ALL: "MFA factors reset",
-    EventKind.SUSPENSION: "MFA factor suspended",
-    EventKind.UNSUSPENSION: "MFA factor unsuspended",
-    EventKind.UPDATE: "MFA factor updated",
-    EventKind.OTHER: "MFA event",
-}
 
 
 def where(request: ActionRequest) -> str:
@@ -118,6 +108,90 @@ def param(request: ActionRequest, name: str, default: Any = None, *,
 
 def text_params(request: ActionRequest) -> Mapping[str, str]:
     return {key: value for key, value in request.params.items() if isinstance(value, str)}
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, key: str, *, secret: bool) -> str:
+    """An https URL with a host (plain http only to a loopback address, for local tests);
+    ConfigError naming ``key`` (and never a secret URL) otherwise."""
+    shown = "the URL" if secret else repr(url)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise ConfigError(f"{key}: {shown} is not a valid URL") from None
+    if not parsed.host:
+        raise ConfigError(f"{key}: {shown} has no host")
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(parsed.host)):
+        raise ConfigError(
+            f"{key}: {shown} must use https (http is accepted for a loopback address only)"
+        )
+    return url
+
+
+def https_base_url(value: str) -> str:
+    """An ``https://host[/prefix]`` URL without a trailing slash; plain ``http`` only for a
+    loopback host (a local test double), since the credentials travel in every request.
+    Raises ValueError (for a settings validator)."""
+    text = value.strip().rstrip("/")
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL:
+        raise ValueError("not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an https:// URL")
+    if url.scheme == "http" and not is_loopback(url.host):
+        raise ValueError("must use https (plain http is allowed only for a loopback host)")
+    if url.query or url.fragment or url.userinfo:
+        raise ValueError("must not carry a query, a fragment or credentials")
+    return text
+
+
+def shown_url(url: str) -> str:
+    """What a message may show of a secret URL: scheme and host."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "<invalid url>"
+    return f"{parsed.scheme}://{parsed.host}"
+
+
+def post_to_secret_url(
+    http: httpx.Client, url: str, request: ActionRequest, *, shown: str, clock: Clock,
+    **kwargs: Any,
+) -> httpx.Response:
+    """:func:`call` (POST) for a URL that is itself a secret: its errors name ``shown`` instead
+    of the URL, and keep no chained exception that holds it."""
+    try:
+        return call(http, "POST", url, request, clock=clock, **kwargs)
+    except TransientActionError as exc:
+        raise TransientActionError(_hide(str(exc), url, shown), exc.retry_after) from None
+    except PermanentActionError as exc:
+        raise PermanentActionError(_hide(str(exc), url, shown)) from None
+
+
+def _hide(message: str, url: str, shown: str) -> str:
+    forms = {url}
+    try:
+        parsed = httpx.URL(url)
+        forms.add(str(parsed.copy_with(query=None, fragment=None, username=None, password=None)))
+        forms.add(parsed.path)
+    except httpx.InvalidURL:
+        pass
+    for form in sorted(forms, key=len, reverse=True):
+        if len(form) > 1:
+            message = message.replace(form, shown)
+    return message
 
 
 def _display(url: str) -> str:

@@ -43,12 +43,20 @@ from pydantic import Field, SecretStr, field_validator
 
 from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
-    KIND_TITLES,
     Clock,
     ConnectorSettings,
     param,
     secret_value,
     where,
+)
+from factorflow.connectors.text import (
+    actor_label,
+    client_label,
+    event_time,
+    event_title,
+    one_line,
+    text_param,
+    user_label,
 )
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
 from factorflow.domain.facts import Fact
@@ -63,8 +71,6 @@ KIND = "email"
 MESSAGE_ID_DOMAIN = "factorflow"
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 _SUBJECT_LIMIT = 250
-
-_TITLES = KIND_TITLES
 
 
 def parse_addresses(value: str | Sequence[str]) -> list[Address]:
@@ -193,13 +199,13 @@ class EmailHandler:
         """The message for ``request`` and its recipients (PermanentActionError for bad
         params)."""
         recipients = self._recipients(request)
-        subject = " ".join(_text(request, "subject", default_subject(fact)).split())
-        if not subject:
-            subject = default_subject(fact)
-        text = _text(request, "text", default_text(fact))
-        html = _text(request, "html", "")
+        # One line: a template cannot add a header through the subject.
+        subject = one_line(text_param(request, "subject", default_subject(fact), numbers=False),
+                           _SUBJECT_LIMIT)
+        text = text_param(request, "text", default_text(fact), numbers=False)
+        html = text_param(request, "html", "", numbers=False)
         message = EmailMessage()
-        message["Subject"] = subject[:_SUBJECT_LIMIT]
+        message["Subject"] = subject
         message["From"] = self._sender
         message["To"] = recipients
         message["Date"] = self._clock()  # formatted as RFC 5322 wants
@@ -311,39 +317,22 @@ def _excerpt(reply: bytes | str, limit: int = 200) -> str:
     return " ".join(text[:limit].split())
 
 
-def _text(request: ActionRequest, name: str, default: str) -> str:
-    value = param(request, name)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise PermanentActionError(f"{where(request)}: params.{name} must be text")
-    return value if value.strip() else default
-
-
-def _user(fact: Fact) -> str:
-    person = fact.user
-    if person is None:
-        return "unknown user"
-    return person.login or person.display_name or person.id or "unknown user"
-
-
 def default_subject(fact: Fact) -> str:
-    return f"{_TITLES.get(fact.kind, 'MFA event')}: {_user(fact)} ({fact.factor.type})"
+    return f"{event_title(fact)}: {user_label(fact)} ({fact.factor.type})"
 
 
 def default_text(fact: Fact) -> str:
     """The plain-text body used when the rule gives no ``text``."""
-    actor = (fact.actor.login or fact.actor.display_name) if fact.actor else None
-    place = ", ".join(part for part in (fact.client.city, fact.client.country) if part)
+    actor = actor_label(fact)
     lines = [
         f"Event: {fact.event_type}",
-        f"User: {_user(fact)}",
+        f"User: {user_label(fact)}",
         f"Factor: {fact.factor.type} ({fact.factor.strength.value})",
         f"Enrolled by: {fact.enrolled_by.value}" + (f" ({actor})" if actor else ""),
-        f"Time: {fact.published_at or fact.published}",
+        f"Time: {event_time(fact)}",
     ]
     if fact.client.ip:
-        lines.append(f"From: {fact.client.ip}" + (f" ({place})" if place else ""))
+        lines.append(f"From: {client_label(fact)}")
     lines.append(f"Okta event: {fact.uuid}")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,6 @@ import base64
 import hashlib
 import re
 from collections.abc import Mapping
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,17 @@ import httpx
 import orjson
 from pydantic import SecretStr, field_validator
 
-from factorflow.connectors.base import Clock, ConnectorSettings, call, secret_value, where
+from factorflow.connectors.base import (
+    Clock,
+    ConnectorSettings,
+    call,
+    https_base_url,
+    secret_value,
+    where,
+)
+from factorflow.connectors.text import clip, fact_description, fact_summary, one_line, text_param
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
-from factorflow.domain.facts import EventKind, Fact
+from factorflow.domain.facts import Fact
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 
 KIND = "jira"
@@ -39,42 +46,6 @@ _WHITESPACE = re.compile(r"\s+")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 # Statuses whose body we read ourselves to give a clearer message; 408 and 429 stay transient.
 _CLIENT_ERRORS = tuple(status for status in range(400, 500) if status not in (408, 429))
-
-_KIND_TITLES = {
-    EventKind.ENROLLMENT: "MFA factor enrolled",
-    EventKind.DEACTIVATION: "MFA factor removed",
-    EventKind.RESET_ALL: "All MFA factors reset",
-    EventKind.SUSPENSION: "MFA factor suspended",
-    EventKind.UNSUSPENSION: "MFA factor unsuspended",
-    EventKind.UPDATE: "MFA factor updated",
-}
-
-
-def https_base_url(value: str) -> str:
-    """An ``https://host[/prefix]`` URL without a trailing slash; plain ``http`` only for a
-    loopback host (a local test double), since the credentials travel in every request."""
-    text = value.strip().rstrip("/")
-    try:
-        url = httpx.URL(text)
-    except httpx.InvalidURL:
-        raise ValueError("not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an https:// URL")
-    if url.scheme == "http" and not _is_loopback(url.host):
-        raise ValueError("must use https (plain http is allowed only for a loopback host)")
-    if url.query or url.fragment or url.userinfo:
-        raise ValueError("must not carry a query, a fragment or credentials")
-    return text
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 class JiraSettings(ConnectorSettings):
     """``[connectors.jira]``."""
@@ -154,66 +125,9 @@ def to_adf(text: str) -> dict[str, Any]:
     return {"type": "doc", "version": 1, "content": content}
 
 
-def fact_summary(fact: Fact) -> str:
-    """A one-line title for a fact, used when the rule gives none."""
-    title = _KIND_TITLES.get(fact.kind, fact.event_type)
-    who = (fact.user.login or fact.user.display_name) if fact.user else None
-    return f"{title}: {fact.factor.type} for {who or 'unknown user'}"
-
-
-def fact_description(fact: Fact, request: ActionRequest) -> str:
-    """A few lines about a fact, used when the rule gives no description."""
-    user = fact.user
-    actor = fact.actor
-    client = fact.client
-    place = ", ".join(part for part in (client.city, client.state, client.country) if part)
-    lines = [
-        f"Event: {fact.event_type} ({fact.uuid})",
-        f"Okta org: {fact.org}",
-        f"User: {_person(user)}",
-        f"Changed by: {_person(actor)} ({fact.enrolled_by.value})",
-        f"Factor: {fact.factor.type} ({fact.factor.strength.value})",
-        f"Outcome: {fact.outcome or 'unknown'}"
-        + (f" - {fact.outcome_reason}" if fact.outcome_reason else ""),
-        f"Published: {fact.published_at or fact.published}",
-        f"Client: {client.ip or 'unknown IP'}" + (f" ({place})" if place else ""),
-        f"Rule: {request.rule_id} / action {request.action_id}",
-    ]
-    return "\n".join(lines)
-
-
-def _person(person: Any) -> str:
-    if person is None:
-        return "unknown"
-    name = person.login or person.display_name or person.id or "unknown"
-    if person.display_name and person.display_name != name:
-        return f"{person.display_name} <{name}>"
-    return str(name)
-
-
-def _text(request: ActionRequest, name: str) -> str | None:
-    value = request.params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)  # an unquoted numeric project or issue type id
-    if not isinstance(value, str):
-        raise PermanentActionError(f"{where(request)}: params.{name} must be text")
-    return value if value.strip() else None
-
-
 def _reference(value: str, *, by_key: str) -> dict[str, str]:
     """``{"id": ...}`` for a numeric id, else ``{by_key: ...}`` (a project key, a type name)."""
     return {"id": value} if value.isdigit() else {by_key: value}
-
-
-def _one_line(text: str, limit: int) -> str:
-    line = _WHITESPACE.sub(" ", text).strip()
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "\u2026"
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _labels(request: ActionRequest, value: Any, path: str) -> list[str]:
@@ -248,7 +162,7 @@ def error_summary(response: httpx.Response) -> str:
         if isinstance(errors, dict):
             parts.extend(f"{field}: {message}" for field, message in errors.items())
     text = "; ".join(parts) if parts else " ".join(response.text.split())
-    return _one_line(text, 300) if text else "(no details)"
+    return one_line(text, 300) if text else "(no details)"
 
 
 class JiraConnector:
@@ -310,15 +224,15 @@ class JiraConnector:
 
     def _fields(self, request: ActionRequest, fact: Fact, label: str) -> dict[str, Any]:
         settings = self._settings
-        project = _text(request, "project") or settings.project
+        project = text_param(request, "project", "") or settings.project
         if not project:
             raise PermanentActionError(
                 f"{where(request)}: params.project is required "
                 f"(connectors.{KIND}.project sets no default)"
             )
-        issue_type = _text(request, "issue_type") or settings.issue_type
-        summary = _text(request, "summary") or fact_summary(fact)
-        description = _text(request, "description") or fact_description(fact, request)
+        issue_type = text_param(request, "issue_type", settings.issue_type)
+        summary = text_param(request, "summary", fact_summary(fact))
+        description = text_param(request, "description", fact_description(fact, request))
         extra = request.params.get("fields") or {}
         if not isinstance(extra, Mapping):
             raise PermanentActionError(f"{where(request)}: params.fields must be a mapping")
@@ -331,8 +245,8 @@ class JiraConnector:
         fields: dict[str, Any] = {
             "project": _reference(project.strip(), by_key="key"),
             "issuetype": _reference(issue_type.strip(), by_key="name"),
-            "summary": _one_line(summary, SUMMARY_LIMIT),
-            "description": to_adf(_clip(description, DESCRIPTION_LIMIT)),
+            "summary": one_line(summary, SUMMARY_LIMIT),
+            "description": to_adf(clip(description, DESCRIPTION_LIMIT)),
         }
         fields.update({name: value for name, value in extra.items() if name != "labels"})
         fields["labels"] = labels

@@ -35,7 +35,6 @@ for ``Retry-After`` or, without it, until ``X-Rate-Limit-Reset``; 408 and 5xx ar
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +48,7 @@ from factorflow.connectors.base import (
     Clock,
     ConnectorSettings,
     call,
+    is_loopback,
     parse_retry_after,
     secret_value,
     where,
@@ -229,7 +229,7 @@ def _check_url(url: str) -> tuple[str, str, bool]:
         raise ConfigError(f"{key}: not a valid URL") from None
     if not parsed.host:
         raise ConfigError(f"{key}: the URL has no host")
-    if parsed.scheme != "https" and not (parsed.scheme == "http" and _loopback(parsed.host)):
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(parsed.host)):
         raise ConfigError(f"{key}: must use https (http only for a loopback address)")
     in_url = bool(parsed.params.get(CLIENT_TOKEN_QUERY))
     port = f":{parsed.port}" if parsed.port else ""
@@ -239,15 +239,6 @@ def _check_url(url: str) -> tuple[str, str, bool]:
 def _without_query(url: str) -> str:
     parsed = httpx.URL(url)
     return str(parsed.copy_with(query=None, fragment=None, username=None, password=None))
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OktaWorkflowsFactory:

@@ -26,11 +26,19 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from factorflow.actions.base import ActionHandler
-from factorflow.connectors.base import Clock, ConnectorSettings, call, param, secret_value, where
-from factorflow.connectors.teams import (
-    actor_label,
+from factorflow.connectors.base import (
+    Clock,
+    ConnectorSettings,
+    call,
     check_url,
-    default_text,
+    param,
+    secret_value,
+    where,
+)
+from factorflow.connectors.text import (
+    actor_label,
+    clip,
+    event_sentence,
     event_time,
     factor_label,
     text_param,
@@ -150,9 +158,7 @@ class PagerDutyHandler:
 
     def _payload(self, request: ActionRequest, fact: Fact) -> dict[str, Any]:
         settings = self._settings
-        summary = text_param(request, "summary", default_text(fact))
-        if len(summary) > _SUMMARY_MAX:
-            summary = summary[: _SUMMARY_MAX - 1] + "…"
+        summary = clip(text_param(request, "summary", event_sentence(fact)), _SUMMARY_MAX)
         payload: dict[str, Any] = {
             "summary": summary,
             "source": self._short(request, "source", settings.source or fact.org or "okta"),

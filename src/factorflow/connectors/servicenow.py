@@ -24,8 +24,15 @@ import httpx
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from factorflow.connectors.base import Clock, ConnectorSettings, call, secret_value, where
-from factorflow.connectors.jira import fact_description, fact_summary, https_base_url
+from factorflow.connectors.base import (
+    Clock,
+    ConnectorSettings,
+    call,
+    https_base_url,
+    secret_value,
+    where,
+)
+from factorflow.connectors.text import fact_description, fact_summary, one_line, text_param
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
 from factorflow.domain.facts import Fact
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
@@ -35,7 +42,6 @@ CORRELATION_DISPLAY = "factorflow"
 SHORT_DESCRIPTION_LIMIT = 160  # the incident table's column length
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,79}")  # table and column names
 _QUERY_SAFE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")  # no encoded-query operators (^, =, ...)
-_WHITESPACE = re.compile(r"\s+")
 _CLIENT_ERRORS = tuple(status for status in range(400, 500) if status not in (408, 429))
 _RETURNED = "sys_id,number,correlation_id"
 # Common fields a rule may set directly as params (and the settings may default).
@@ -108,8 +114,7 @@ def error_summary(response: httpx.Response) -> str:
         text = ": ".join(str(error[part]) for part in ("message", "detail") if error.get(part))
     if not text:
         text = response.text
-    line = _WHITESPACE.sub(" ", text).strip()
-    return (line[:299] + "\u2026" if len(line) > 300 else line) or "(no details)"
+    return one_line(text, 300) or "(no details)"
 
 
 def _text(value: Scalar) -> str:
@@ -206,19 +211,10 @@ class ServiceNowConnector:
         for name in FIELD_PARAMS:
             if request.params.get(name) not in (None, ""):
                 record[name] = self._scalar(request, name, request.params[name])
-        short = request.params.get("short_description")
-        description = request.params.get("description")
-        for name, value in (("short_description", short), ("description", description)):
-            if value is not None and not isinstance(value, str):
-                raise PermanentActionError(f"{where(request)}: params.{name} must be text")
-        line = _WHITESPACE.sub(" ", short or "").strip() or fact_summary(fact)
-        if len(line) > SHORT_DESCRIPTION_LIMIT:
-            line = line[: SHORT_DESCRIPTION_LIMIT - 1].rstrip() + "\u2026"
-        record["short_description"] = line
-        record["description"] = (
-            description if description and description.strip()
-            else fact_description(fact, request)
-        )
+        short = text_param(request, "short_description", fact_summary(fact), numbers=False)
+        record["short_description"] = one_line(short, SHORT_DESCRIPTION_LIMIT)
+        record["description"] = text_param(
+            request, "description", fact_description(fact, request), numbers=False)
         record["correlation_id"] = request.idempotency_key
         record["correlation_display"] = CORRELATION_DISPLAY
         return record

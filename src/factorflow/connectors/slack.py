@@ -49,20 +49,15 @@ from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
     Clock,
     ConnectorSettings,
+    check_url,
     param,
     parse_retry_after,
+    post_to_secret_url,
     secret_value,
+    shown_url,
     where,
 )
-from factorflow.connectors.teams import (
-    check_url,
-    default_text,
-    default_title,
-    fact_fields,
-    post_to_secret_url,
-    shown_url,
-    text_param,
-)
+from factorflow.connectors.text import clip, event_sentence, event_title, fact_fields, text_param
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
 from factorflow.domain.facts import Fact
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
@@ -120,25 +115,21 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def blocks(request: ActionRequest, fact: Fact) -> tuple[str, list[dict[str, Any]]]:
     """(fallback text, Block Kit blocks). The rule's ``text`` is Slack mrkdwn as written (it may
     mention people or link); everything taken from the event is escaped."""
-    title = text_param(request, "title", default_title(fact))
-    text = text_param(request, "text", escape(default_text(fact)))
+    title = text_param(request, "title", event_title(fact))
+    text = text_param(request, "text", escape(event_sentence(fact)))
     fields = [
-        {"type": "mrkdwn", "text": _clip(f"*{label}*\n{escape(value)}", _FIELD_MAX)}
+        {"type": "mrkdwn", "text": clip(f"*{label}*\n{escape(value)}", _FIELD_MAX)}
         for label, value in fact_fields(fact)
     ]
     footer = (f"factorflow · Okta event `{escape(fact.uuid)}` · "
               f"key `{request.idempotency_key}`")
     return text, [
         {"type": "header",
-         "text": {"type": "plain_text", "text": _clip(title, _HEADER_MAX), "emoji": True}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, _SECTION_MAX)}},
+         "text": {"type": "plain_text", "text": clip(title, _HEADER_MAX), "emoji": True}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, _SECTION_MAX)}},
         {"type": "section", "fields": fields},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": footer}]},
     ]

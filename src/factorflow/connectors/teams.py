@@ -17,14 +17,10 @@ flow is only visible in the flow's run history); a legacy webhook answers 200 wi
 with error: Microsoft Teams endpoint returned HTTP error 429 ...``, which is classified by the
 status it names. Other answers follow the shared split (429 and 5xx transient, other 4xx
 permanent).
-
-This module also holds the small text helpers the chat and paging connectors share (default
-title, text and fields built from the fact) and :func:`post_to_secret_url`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -34,16 +30,18 @@ from pydantic import Field, SecretStr
 
 from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
-    KIND_TITLES,
     Clock,
     ConnectorSettings,
-    call,
+    check_url,
     param,
+    post_to_secret_url,
     secret_value,
+    shown_url,
     where,
 )
+from factorflow.connectors.text import event_sentence, event_title, fact_fields, text_param
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
-from factorflow.domain.facts import EnrolledBy, EventKind, Fact
+from factorflow.domain.facts import Fact
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 
 KIND = "teams"
@@ -55,151 +53,6 @@ _DELIVERY_FAILED = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-# -- text shared by the chat and paging connectors ------------------------------------------
-
-_TITLES = KIND_TITLES
-
-
-def user_label(fact: Fact) -> str:
-    person = fact.user
-    if person is None:
-        return "unknown user"
-    return person.login or person.display_name or person.id or "unknown user"
-
-
-def actor_label(fact: Fact) -> str | None:
-    person = fact.actor
-    if person is None:
-        return None
-    return person.login or person.display_name or person.id
-
-
-def factor_label(fact: Fact) -> str:
-    factor = fact.factor
-    if factor.authenticator and factor.authenticator.lower() != factor.type.lower():
-        return f"{factor.authenticator} ({factor.type})"
-    return factor.type
-
-
-def enrolled_by_label(fact: Fact) -> str:
-    actor = actor_label(fact)
-    if fact.enrolled_by is EnrolledBy.SELF or actor is None:
-        return fact.enrolled_by.value
-    return f"{fact.enrolled_by.value} ({actor})"
-
-
-def event_time(fact: Fact) -> str:
-    return fact.published_at or fact.published
-
-
-def default_title(fact: Fact) -> str:
-    return _TITLES.get(fact.kind, "MFA event")
-
-
-def default_text(fact: Fact) -> str:
-    """One sentence about the event, used when the rule gives no ``text``."""
-    user, factor = user_label(fact), factor_label(fact)
-    sentence = {
-        EventKind.ENROLLMENT: f"{user} enrolled {factor} ({fact.factor.strength.value})",
-        EventKind.DEACTIVATION: f"{factor} was removed from {user}",
-        EventKind.RESET_ALL: f"All MFA factors of {user} were reset",
-        EventKind.SUSPENSION: f"{factor} of {user} was suspended",
-        EventKind.UNSUSPENSION: f"{factor} of {user} was unsuspended",
-        EventKind.UPDATE: f"{factor} of {user} was updated",
-    }.get(fact.kind, f"{fact.event_type} for {user}")
-    actor = actor_label(fact)
-    if fact.enrolled_by is not EnrolledBy.SELF and actor is not None:
-        sentence += f", by {fact.enrolled_by.value} {actor}"
-    return sentence
-
-
-def fact_fields(fact: Fact) -> list[tuple[str, str]]:
-    """(label, value) pairs shown with every message: user, factor, strength, who, when."""
-    return [
-        ("User", user_label(fact)),
-        ("Factor", factor_label(fact)),
-        ("Strength", fact.factor.strength.value),
-        ("Enrolled by", enrolled_by_label(fact)),
-        ("Time", event_time(fact)),
-    ]
-
-
-def text_param(request: ActionRequest, name: str, default: str) -> str:
-    """An optional text param (a rendered template); the default when absent or blank."""
-    value = param(request, name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    if not isinstance(value, str | int | float):
-        raise PermanentActionError(f"{where(request)}: params.{name} must be text")
-    return str(value)
-
-
-# -- webhook URLs that are secrets ---------------------------------------------------------
-
-
-def shown_url(url: str) -> str:
-    """What a message may show of a secret URL: scheme and host."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        return "<invalid url>"
-    return f"{parsed.scheme}://{parsed.host}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(url: str, key: str, *, secret: bool) -> str:
-    """An https URL with a host (plain http only to a loopback address, for local tests);
-    ConfigError naming ``key`` (and never a secret URL) otherwise."""
-    shown = "the URL" if secret else repr(url)
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        raise ConfigError(f"{key}: {shown} is not a valid URL") from None
-    if not parsed.host:
-        raise ConfigError(f"{key}: {shown} has no host")
-    if parsed.scheme != "https" and not (parsed.scheme == "http" and is_loopback(parsed.host)):
-        raise ConfigError(
-            f"{key}: {shown} must use https (http is accepted for a loopback address only)"
-        )
-    return url
-
-
-def post_to_secret_url(
-    http: httpx.Client, url: str, request: ActionRequest, *, shown: str, clock: Clock,
-    **kwargs: Any,
-) -> httpx.Response:
-    """:func:`factorflow.connectors.base.call` (POST) for a URL that is itself a secret: its
-    errors name ``shown`` instead of the URL, and keep no chained exception that holds it."""
-    try:
-        return call(http, "POST", url, request, clock=clock, **kwargs)
-    except TransientActionError as exc:
-        raise TransientActionError(_hide(str(exc), url, shown), exc.retry_after) from None
-    except PermanentActionError as exc:
-        raise PermanentActionError(_hide(str(exc), url, shown)) from None
-
-
-def _hide(message: str, url: str, shown: str) -> str:
-    forms = {url}
-    try:
-        parsed = httpx.URL(url)
-        forms.add(str(parsed.copy_with(query=None, fragment=None, username=None, password=None)))
-        forms.add(parsed.path)
-    except httpx.InvalidURL:
-        pass
-    for form in sorted(forms, key=len, reverse=True):
-        if len(form) > 1:
-            message = message.replace(form, shown)
-    return message
-
 
 # -- the connector -------------------------------------------------------------------------
 
@@ -232,8 +85,8 @@ def adaptive_card(title: str, text: str, fields: list[tuple[str, str]],
 
 def message(request: ActionRequest, fact: Fact) -> dict[str, Any]:
     """The webhook body: a message with one Adaptive Card attachment."""
-    title = text_param(request, "title", default_title(fact))
-    text = text_param(request, "text", default_text(fact))
+    title = text_param(request, "title", event_title(fact))
+    text = text_param(request, "text", event_sentence(fact))
     footer = f"factorflow · Okta event {fact.uuid} · key {request.idempotency_key}"
     return {
         "type": "message",

@@ -1,37 +1,14 @@
-"""Okta's many names for one factor, mapped to one normalised type and a strength class.
+"""Okta's many names for one factor, mapped to one normalised type (``factorflow.domain.factors``
+holds the types and their strength classes).
 
 Okta names factors in three vocabularies: the Classic ``outcome.reason`` and
 ``debugData.factor`` "friendly names" (``FIDO_WEBAUTHN``, ``OKTA_VERIFY_PUSH``…), the Identity
 Engine authenticator display names (``Okta Verify``, ``Phone``…) with a method
 (``PUSH``, ``SMS``…), and the Factors API ``factorType`` (``push``, ``webauthn``…). Anything we do
-not know maps to ``unknown`` rather than failing.
+not know maps to nothing here, and to ``unknown`` in the fact, rather than failing.
 """
 
 from __future__ import annotations
-
-from factorflow.domain.facts import Strength
-
-# normalised type -> strength class
-STRENGTH: dict[str, Strength] = {
-    "webauthn": Strength.PHISHING_RESISTANT,
-    "okta_fastpass": Strength.PHISHING_RESISTANT,
-    "smart_card": Strength.PHISHING_RESISTANT,
-    "u2f": Strength.PHISHING_RESISTANT,
-    "okta_verify_push": Strength.DEVICE_BOUND_PUSH,
-    "custom_push": Strength.DEVICE_BOUND_PUSH,
-    "duo": Strength.DEVICE_BOUND_PUSH,
-    "totp": Strength.OTP,
-    "okta_verify_totp": Strength.OTP,
-    "hotp": Strength.OTP,
-    "yubikey_otp": Strength.OTP,
-    "rsa_securid": Strength.OTP,
-    "symantec_vip": Strength.OTP,
-    "sms": Strength.TELEPHONY_EMAIL,
-    "voice": Strength.TELEPHONY_EMAIL,
-    "email": Strength.TELEPHONY_EMAIL,
-    "password": Strength.KNOWLEDGE,
-    "security_question": Strength.KNOWLEDGE,
-}
 
 # Classic friendly names (outcome.reason, debugData.factor)
 FRIENDLY_NAMES: dict[str, str] = {
@@ -154,8 +131,3 @@ def from_authenticator(display_name: str | None, method: str | None) -> str | No
         return _FOREIGN_METHODS.get(by_method, by_method)
     return by_method or by_name
 
-
-def strength_of(factor_type: str, verified_properties: tuple[str, ...] = ()) -> Strength:
-    if "PHISHING_RESISTANT" in verified_properties:
-        return Strength.PHISHING_RESISTANT
-    return STRENGTH.get(factor_type, Strength.UNKNOWN)

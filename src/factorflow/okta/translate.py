@@ -12,6 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from factorflow.domain.factors import UNKNOWN_FACTOR_TYPE, strength_of
 from factorflow.domain.facts import (
     Client,
     Engine,
@@ -21,11 +22,7 @@ from factorflow.domain.facts import (
     Factor,
     Person,
 )
-from factorflow.okta.factors import (
-    from_authenticator,
-    from_friendly_name,
-    strength_of,
-)
+from factorflow.okta.factors import from_authenticator, from_friendly_name
 from factorflow.okta.payloads import normalise_timestamp
 
 KINDS: dict[str, EventKind] = {
@@ -149,7 +146,7 @@ def _factor(
         from_friendly_name(reason_name)
         or from_authenticator(authenticator, method)
         or from_friendly_name(debug_factor)
-        or "unknown"
+        or UNKNOWN_FACTOR_TYPE
     )
     return Factor(
         type=factor_type,

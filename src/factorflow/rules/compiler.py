@@ -14,8 +14,8 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from factorflow.domain.factors import FACTOR_TYPES
 from factorflow.domain.facts import Engine, EnrolledBy, EventKind, Fact, Strength
-from factorflow.okta.factors import STRENGTH
 from factorflow.rules.action_kinds import ActionKind
 from factorflow.rules.predicates import (
     AnyOf,
@@ -29,9 +29,6 @@ from factorflow.rules.predicates import (
 from factorflow.rules.ruleset import ActionSpec, Rule, SuppressSpec
 from factorflow.rules.schema import ActionModel, AttributeMatch, RuleModel, SetMatch, When
 from factorflow.rules.templates import compile_params
-
-# The normalised factor types (factorflow.okta.factors is where Okta's names are mapped to them).
-FACTOR_TYPES: tuple[str, ...] = (*STRENGTH, "unknown")
 
 VOCABULARIES: Mapping[str, tuple[str, ...]] = {
     "kind": tuple(item.value for item in EventKind),

@@ -64,7 +64,8 @@ def evaluate(
         action_vars = {**variables, "rule": rule_vars, "action": {"id": action.id,
                                                                   "kind": action.kind}}
         try:
-            params = render_params(action.params, action_vars)
+            params = render_params(action.params, action_vars,
+                                   limits=ruleset.template_limits)
         except TemplateProblem as exc:
             failed.append(FailedAction(rule_id, action.id, action.kind, key, str(exc)))
             continue

@@ -28,6 +28,7 @@ from factorflow.rules.schema import (
     RulesFileModel,
     When,
 )
+from factorflow.rules.templates import TemplateLimits
 from factorflow.rules.yaml_document import YamlProblems, parse_yaml
 
 # Used when the file has no ``defaults``: an event no rule matched is kept for reporting.
@@ -84,6 +85,10 @@ def parse_rules(
         match=MatchMode(top.match),
         rules=tuple(rules),
         default_actions=defaults,
+        template_limits=TemplateLimits(
+            max_output_bytes=top.template_limits.max_output_bytes,
+            max_loop_iterations=top.template_limits.max_loop_iterations,
+        ),
     )
 
 
@@ -221,7 +226,7 @@ def _message(model: type[BaseModel], error: Any) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, int | float) else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _allowed_keys(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:

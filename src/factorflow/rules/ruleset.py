@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from factorflow.rules.predicates import AnyOf, Condition, RecentFactorEvent
+from factorflow.rules.templates import TemplateLimits
 
 DEFAULTS_RULE_ID = "defaults"  # the rule id the default actions carry (reserved)
 
@@ -47,6 +48,7 @@ class RuleSet:
     match: MatchMode
     rules: tuple[Rule, ...]
     default_actions: tuple[ActionSpec, ...] = field(default=())
+    template_limits: TemplateLimits = field(default=TemplateLimits())
 
     @property
     def lookback_hours(self) -> float:

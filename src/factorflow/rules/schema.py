@@ -12,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from factorflow.rules.templates import DEFAULT_MAX_LOOP_ITERATIONS, DEFAULT_MAX_OUTPUT_BYTES
+
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
 
 
@@ -119,6 +121,13 @@ class DefaultsModel(Strict):
     actions: list[ActionModel]
 
 
+class TemplateLimitsModel(Strict):
+    """``template_limits``: how far one rendering of one parameter may go."""
+
+    max_output_bytes: int = Field(default=DEFAULT_MAX_OUTPUT_BYTES, gt=0, le=16 * 1024 * 1024)
+    max_loop_iterations: int = Field(default=DEFAULT_MAX_LOOP_ITERATIONS, gt=0, le=10_000_000)
+
+
 class RulesFileModel(Strict):
     """The top level. ``rules`` stays raw here so each rule is checked on its own."""
 
@@ -126,3 +135,4 @@ class RulesFileModel(Strict):
     match: Literal["all", "first"]
     defaults: Any = None  # checked on its own (DefaultsModel)
     rules: list[Any]
+    template_limits: TemplateLimitsModel = Field(default_factory=TemplateLimitsModel)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from factorflow.actions.base import ActionStore
-from factorflow.okta.factors import STRENGTH
+from factorflow.domain.factors import STRENGTH
 
 PAGE_SIZE = 50
 RULE_LOOKUP = 5000
