@@ -1,9 +1,11 @@
 """``factorflow simulate``: a local Okta org to develop and test against, without an Okta tenant.
 
 * ``simulate serve``: the org's management API (users, groups, factors, authenticator
-  enrollments, System Log, group membership, OAuth token endpoint) on a local port; with
-  ``--hook-url`` it also delivers the generated MFA events to a receiver, as Okta's event hook
-  would (drops, duplicates and reordering on request), and can keep generating (``--every``).
+  enrollments, System Log, group membership, OAuth token endpoint) and its OpenID Connect
+  authorization servers (``--oidc-client-id``: sign-in with Okta for the dashboard) on a local
+  port; with ``--hook-url`` it also delivers the generated MFA events to a receiver, as Okta's
+  event hook would (drops, duplicates and reordering on request), and can keep generating
+  (``--every``).
 * ``simulate send URL``: only the event hook side, for a receiver at URL.
 """
 
@@ -94,6 +96,22 @@ def simulate() -> None:
               show_default=True, help="Seconds per rate-limit window.")
 @click.option("--latency", type=click.FloatRange(0, 30), default=0.0, show_default=True,
               help="Seconds added to every API answer.")
+@click.option("--oidc-client-id", default=None,
+              help="Register an OIDC web app (authorization code flow with PKCE).")
+@click.option("--oidc-client-secret", default=None,
+              help="Its client secret (default: generated and printed).")
+@click.option("--oidc-client-secret-file", type=click.Path(exists=True, dir_okay=False,
+                                                           path_type=Path), default=None)
+@click.option("--oidc-public", is_flag=True, help="The app is a public client (no secret).")
+@click.option("--oidc-redirect-uri", "redirect_uris", multiple=True,
+              help="A sign-in redirect URI of the app (repeatable; at least one).")
+@click.option("--sign-in-as", default=None,
+              help="Who the authorization server signs in when a request names nobody "
+                   "(login_hint): a login, a user id or a user's number (0 is the org's "
+                   "first user, its Okta administrator, the default).")
+@click.option("--member", "memberships", multiple=True, metavar="GROUP=USER",
+              help="Put USER (login, id or number) in GROUP, made if missing (repeatable), "
+                   "e.g. the dashboard's viewer or operator group.")
 @click.option("--hook-url", default=None, help="Also deliver the events to this receiver.")
 @click.option("--hook-secret", default=None, help="Value of the hook's auth header.")
 @click.option("--hook-secret-file", type=click.Path(exists=True, dir_okay=False,
@@ -104,14 +122,24 @@ def simulate() -> None:
 def serve(users: int, seed: int, engine: str, enrollments: int, host: str, port: int,
           api_tokens: tuple[str, ...], client_id: str | None, public_key: Path | None,
           kid: str | None, scopes: tuple[str, ...], rate_limits: tuple[str, ...],
-          rate_limit_window: float, latency: float, hook_url: str | None,
+          rate_limit_window: float, latency: float, oidc_client_id: str | None,
+          oidc_client_secret: str | None, oidc_client_secret_file: Path | None,
+          oidc_public: bool, redirect_uris: tuple[str, ...], sign_in_as: str | None,
+          memberships: tuple[str, ...], hook_url: str | None,
           hook_secret: str | None, hook_secret_file: Path | None, auth_header: str, batch: int,
           drop: float, duplicate: float, reorder: bool, delay: float, timeout: float,
           hook_quirks: bool, event_types: tuple[str, ...], every: float | None) -> None:
     """Serve a generated org's management API on HOST:PORT."""
     import uvicorn
 
-    from factorflow.okta.simulator import OAuthApp, OktaSimulator, SimulatorConfig, generate_org
+    from factorflow.okta.simulator import (
+        OAuthApp,
+        OidcApp,
+        OktaSimulator,
+        SimulatorConfig,
+        generate_org,
+    )
+    from factorflow.okta.simulator.events import api_actor
 
     apps: tuple[OAuthApp, ...] = ()
     if (client_id is None) != (public_key is None):
@@ -119,6 +147,19 @@ def serve(users: int, seed: int, engine: str, enrollments: int, host: str, port:
     if client_id is not None and public_key is not None:
         key, key_id = _load_public_key(public_key)
         apps = (OAuthApp(client_id, {kid or key_id: key}, tuple(scopes)),)
+    oidc_apps: tuple[OidcApp, ...] = ()
+    generated_secret = False
+    if oidc_client_id is not None:
+        if not redirect_uris:
+            raise click.UsageError("--oidc-client-id needs at least one --oidc-redirect-uri")
+        client_secret = _secret(oidc_client_secret, oidc_client_secret_file)
+        if oidc_public and client_secret is not None:
+            raise click.UsageError("a public client (--oidc-public) has no secret")
+        if client_secret is None and not oidc_public:
+            client_secret, generated_secret = secrets.token_urlsafe(30), True
+        oidc_apps = (OidcApp(oidc_client_id, client_secret, tuple(redirect_uris)),)
+    elif redirect_uris or oidc_public or oidc_client_secret or oidc_client_secret_file:
+        raise click.UsageError("the --oidc-* options need --oidc-client-id")
     if not api_tokens and not apps:
         api_tokens = (secrets.token_urlsafe(24),)
     secret = _secret(hook_secret, hook_secret_file) if hook_url else None
@@ -126,9 +167,20 @@ def serve(users: int, seed: int, engine: str, enrollments: int, host: str, port:
         raise click.UsageError("--hook-url needs --hook-secret or --hook-secret-file")
     org = generate_org(users, seed, engine=_engine(engine))
     org.generate_enrollments(enrollments, seed)
+    for membership in memberships:
+        group_name, _, who = membership.rpartition("=")
+        if not group_name:
+            raise click.BadParameter(f"{membership!r}: expected GROUP=USER",
+                                     param_hint="--member")
+        member = _user(org, who, "--member")
+        group = org.add_group(group_name, "made by factorflow simulate serve --member")
+        org.set_membership(group.id, member.id, True, api_actor(org.api_admin.ref(),
+                                                                api_token_id=org.api_token_id))
+    default_user = _user(org, sign_in_as, "--sign-in-as") if sign_in_as else org.api_admin
     simulator = OktaSimulator(org, SimulatorConfig(
         api_tokens=api_tokens, oauth_apps=apps, rate_limits=_rate_limits(rate_limits),
         rate_limit_window_seconds=rate_limit_window, latency_seconds=latency,
+        oidc_apps=oidc_apps, sign_in_as=default_user.id,
     ))
     base = f"http://{host}:{port}"
     privileged = org.group_named("Privileged Access")
@@ -140,6 +192,15 @@ def serve(users: int, seed: int, engine: str, enrollments: int, host: str, port:
         click.echo(f"  OAuth service app: {app.client_id}, token URL {base}/oauth2/v1/token, "
                    f"scopes {' '.join(app.scopes)}", err=True)
     click.echo(f"  group 'Privileged Access': {privileged.id}", err=True)
+    for oidc_app in oidc_apps:
+        click.echo(f"  OIDC app: {oidc_app.client_id}, issuer {base}/oauth2/default (or the "
+                   f"org's, {base}), redirect URIs {' '.join(oidc_app.redirect_uris)}",
+                   err=True)
+        if generated_secret:
+            click.echo(f"  OIDC client secret: {oidc_app.client_secret}", err=True)
+        click.echo(f"  signs in: {default_user.login} (groups: "
+                   f"{', '.join(org.groups[g].name for g in default_user.group_ids)}), or "
+                   f"the user named by login_hint", err=True)
     server = uvicorn.Server(uvicorn.Config(
         simulator.app, host=host, port=port, log_level="warning", access_log=False,
         lifespan="off", date_header=False, server_header=False,
@@ -229,6 +290,16 @@ def _generate_forever(org: Any, enrollments: int, every: float) -> None:
     while True:
         time.sleep(every)
         org.generate_enrollments(enrollments)
+
+
+def _user(org: Any, who: str, option: str) -> Any:
+    """A user of the simulated org by login, id or number (0: the first user)."""
+    found = org.user(who)
+    if found is None and who.isdigit() and int(who) < len(org.users):
+        found = list(org.users.values())[int(who)]
+    if found is None:
+        raise click.BadParameter(f"no user {who!r} in the simulated org", param_hint=option)
+    return found
 
 
 def _engine(value: str) -> OrgEngine:

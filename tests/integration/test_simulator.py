@@ -4,15 +4,19 @@ endpoint, and the hook sender against a real ``factorflow serve`` process and a 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+import secrets
 import subprocess
 import sys
 import time
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import jwt
@@ -21,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.acceptance.serverproc import ServerProcess, free_port
+from tests.conftest import WATCHED_SECRETS
 
 from factorflow.cli_okta import simulate
 from factorflow.domain.facts import Engine, EnrolledBy
@@ -30,6 +35,7 @@ from factorflow.okta.simulator import (
     HookSender,
     ManualClock,
     OAuthApp,
+    OidcApp,
     OktaSimulator,
     SendFailed,
     SendOptions,
@@ -39,8 +45,12 @@ from factorflow.okta.simulator import (
     generate_org,
     subscribed,
 )
+from factorflow.okta.simulator.events import api_actor
+from factorflow.okta.simulator.oidc import b64url as oidc_b64url
+from factorflow.okta.simulator.oidc import s256
 from factorflow.okta.translate import to_fact
 from factorflow.store.factory import open_store
+from factorflow.web.ui.idtoken import verify_id_token
 
 TOKEN = "00simulatorTestToken-8b1d"
 SECRET = "Bearer hookSecret-simulator-5c2e91"
@@ -577,3 +587,364 @@ def wait_for(probe: Any, timeout: float = 30.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("the simulator did not get there in time")
         time.sleep(0.1)
+
+
+# -- OpenID Connect: the authorization servers --------------------------------------------------
+
+OIDC_CLIENT = "0oaDashboardSim0001"
+OIDC_SECRET = "oidc-simulator-secret-7d41a9"
+PUBLIC_CLIENT = "0oaPublicSpa000001"
+REDIRECT = "https://factorflow.example.com/ui/auth/oidc/callback"
+OPERATORS = "Factorflow Operators"
+WATCHED_SECRETS.add(OIDC_SECRET)
+
+
+@dataclass
+class Oidc:
+    sim: OktaSimulator
+    base: str
+    clock: ManualClock
+    http: httpx.Client
+
+    def authorize(self, server: str = "/oauth2/default", **params: str) -> tuple[
+            httpx.Response, str]:
+        """An authorization request as the dashboard makes it; (answer, code verifier)."""
+        verifier = secrets.token_urlsafe(48)
+        query = {"client_id": OIDC_CLIENT, "redirect_uri": REDIRECT, "response_type": "code",
+                 "scope": "openid profile email groups", "state": "st-123", "nonce": "nn-456",
+                 "code_challenge": s256(verifier), "code_challenge_method": "S256", **params}
+        query = {k: v for k, v in query.items() if v != "-"}  # "-": leave the parameter out
+        return self.http.get(f"{server}/v1/authorize", params=query), verifier
+
+    def code(self, server: str = "/oauth2/default", **params: str) -> tuple[str, str]:
+        answer, verifier = self.authorize(server, **params)
+        assert answer.status_code == 302, answer.text
+        back = parse_qs(urlsplit(answer.headers["location"]).query)
+        assert back["state"] == ["st-123"]
+        return back["code"][0], verifier
+
+    def exchange(self, code: str, verifier: str, server: str = "/oauth2/default", *,
+                 auth: Any = None, **fields: str) -> httpx.Response:
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
+                "code_verifier": verifier, **fields}
+        form = {k: v for k, v in form.items() if v != "-"}
+        basic = httpx.BasicAuth(OIDC_CLIENT, OIDC_SECRET) if auth is None else auth
+        return self.http.post(f"{server}/v1/token", data=form,
+                              **({"auth": basic} if basic else {}))
+
+
+@pytest.fixture
+def oidc() -> Iterator[Oidc]:
+    clock = ManualClock(start=time.time())
+    org = generate_org(20, seed=9, clock=clock)
+    operators = org.add_group(OPERATORS)
+    admin = org.api_admin
+    org.set_membership(operators.id, admin.id, True, api_actor(admin.ref()))
+    sim = OktaSimulator(org, SimulatorConfig(oidc_apps=(
+        OidcApp(OIDC_CLIENT, OIDC_SECRET, (REDIRECT,), assigned_groups=("Everyone",)),
+        OidcApp(PUBLIC_CLIENT, None, (REDIRECT,), assigned_groups=(OPERATORS,)),
+    )), clock=clock)
+    with ThreadedServer(sim.app) as server, httpx.Client(base_url=server.base_url,
+                                                          timeout=10) as http:
+        yield Oidc(sim, server.base_url, clock, http)
+
+
+def verified(oidc: Oidc, token: str, issuer: str, audience: str) -> dict[str, Any]:
+    """The token's claims, checked with PyJWT against the issuer's published keys."""
+    keys = oidc.http.get(oidc.http.get(f"{issuer.removeprefix(oidc.base)}"
+                                       "/.well-known/openid-configuration")
+                         .json()["jwks_uri"]).json()["keys"]
+    kid = jwt.get_unverified_header(token)["kid"]
+    (jwk,) = [k for k in keys if k["kid"] == kid]
+    assert (jwk["kty"], jwk["alg"], jwk["use"]) == ("RSA", "RS256", "sig")
+    claims: dict[str, Any] = jwt.decode(
+        token, jwt.PyJWK(jwk).key, algorithms=["RS256"], audience=audience, issuer=issuer,
+        options={"verify_iat": False}, leeway=120)
+    return claims
+
+
+def test_discovery_documents_of_the_org_and_custom_authorization_servers(oidc: Oidc) -> None:
+    org = oidc.http.get("/.well-known/openid-configuration").json()
+    default = oidc.http.get("/oauth2/default/.well-known/openid-configuration").json()
+    assert org["issuer"] == oidc.base
+    assert default["issuer"] == f"{oidc.base}/oauth2/default"
+    for document, endpoints in ((org, f"{oidc.base}/oauth2/v1"),
+                                (default, f"{oidc.base}/oauth2/default/v1")):
+        assert document["authorization_endpoint"] == f"{endpoints}/authorize"
+        assert document["token_endpoint"] == f"{endpoints}/token"
+        assert document["jwks_uri"] == f"{endpoints}/keys"
+        assert document["userinfo_endpoint"] == f"{endpoints}/userinfo"
+        assert document["code_challenge_methods_supported"] == ["S256"]
+        assert document["id_token_signing_alg_values_supported"] == ["RS256"]
+        assert {"client_secret_basic", "client_secret_post"} <= set(
+            document["token_endpoint_auth_methods_supported"])
+        assert "groups" in document["scopes_supported"]
+    assert "private_key_jwt" in org["token_endpoint_auth_methods_supported"]
+    # The two servers sign with keys of their own.
+    org_keys = oidc.http.get("/oauth2/v1/keys").json()["keys"]
+    default_keys = oidc.http.get("/oauth2/default/v1/keys").json()["keys"]
+    assert {k["kid"] for k in org_keys}.isdisjoint(k["kid"] for k in default_keys)
+    unknown = oidc.http.get("/oauth2/aus-nope/.well-known/openid-configuration")
+    assert_okta_error(unknown, 404, "E0000007")
+    assert "aus-nope (AuthorizationServer)" in unknown.json()["errorSummary"]
+
+
+@pytest.mark.parametrize("server", ["/oauth2/default", "/oauth2"])
+def test_the_code_flow_signs_in_a_user_of_the_org_with_their_groups(
+    oidc: Oidc, server: str
+) -> None:
+    admin = oidc.sim.org.api_admin
+    code, verifier = oidc.code(server)
+    assert oidc.sim.oidc.requests[-1].params["code_challenge_method"] == "S256"
+    answer = oidc.exchange(code, verifier, server)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["cache-control"] == "no-store"
+    tokens = answer.json()
+    assert (tokens["token_type"], tokens["expires_in"]) == ("Bearer", 3600)
+    assert tokens["scope"] == "openid profile email groups"
+    issuer = oidc.base + ("/oauth2/default" if server != "/oauth2" else "")
+    claims = verified(oidc, tokens["id_token"], issuer, OIDC_CLIENT)
+    assert claims["sub"] == admin.id and claims["nonce"] == "nn-456"
+    assert claims["exp"] - claims["iat"] == 3600
+    assert claims["iat"] == int(oidc.clock.time())
+    assert (claims["email"], claims["preferred_username"]) == (admin.login, admin.login)
+    assert claims["name"] == admin.display_name
+    groups = {oidc.sim.org.groups[g].name for g in admin.group_ids}
+    assert set(claims["groups"]) == groups and OPERATORS in groups
+    assert claims["at_hash"] == oidc_b64url(
+        hashlib.sha256(tokens["access_token"].encode()).digest()[:16])
+    # The dashboard's own validation accepts it too.
+    keys = oidc.http.get(f"{server}/v1/keys").json()["keys"]
+    assert verify_id_token(tokens["id_token"], keys=keys, issuer=issuer, client_id=OIDC_CLIENT,
+                           nonce="nn-456", now=oidc.clock.time())["sub"] == admin.id
+    access = verified(oidc, tokens["access_token"], issuer,
+                      oidc.base if server == "/oauth2" else "api://default")
+    assert (access["cid"], access["uid"]) == (OIDC_CLIENT, admin.id)
+    info = oidc.http.get(f"{server}/v1/userinfo",
+                         headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert info.status_code == 200
+    assert info.json()["sub"] == admin.id and set(info.json()["groups"]) == groups
+    bad = oidc.http.get(f"{server}/v1/userinfo", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and bad.json()["error"] == "invalid_token"
+    assert bad.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    oidc.clock.advance(3601)
+    late = oidc.http.get(f"{server}/v1/userinfo",
+                         headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert late.status_code == 401
+
+
+def test_who_is_signed_in_login_hint_scopes_and_the_post_body_secret(oidc: Oidc) -> None:
+    users = [u for u in oidc.sim.org.users.values() if u.status == "ACTIVE"]
+    other = users[5]
+    oidc.sim.oidc.sign_in_as(other.login)
+    code, verifier = oidc.code(scope="openid email")
+    answer = oidc.exchange(code, verifier, auth=False, client_id=OIDC_CLIENT,
+                           client_secret=OIDC_SECRET)  # client_secret_post
+    assert answer.status_code == 200, answer.text
+    claims = jwt.decode(answer.json()["id_token"], options={"verify_signature": False})
+    assert (claims["sub"], claims["email"]) == (other.id, other.login)
+    assert "groups" not in claims and "preferred_username" not in claims  # not asked for
+    hinted = users[7]
+    code, verifier = oidc.code(login_hint=hinted.login)
+    claims = jwt.decode(oidc.exchange(code, verifier).json()["id_token"],
+                        options={"verify_signature": False})
+    assert claims["sub"] == hinted.id
+    # Without a nonce, the ID token has none.
+    code, verifier = oidc.code(nonce="-")
+    claims = jwt.decode(oidc.exchange(code, verifier).json()["id_token"],
+                        options={"verify_signature": False})
+    assert "nonce" not in claims
+    # The recorded requests never hold a client secret.
+    token_requests = [r for r in oidc.sim.oidc.requests if r.endpoint == "token"]
+    assert token_requests[0].params["client_secret"] == "<hidden>"
+    assert all(OIDC_SECRET not in str(r) for r in oidc.sim.oidc.requests)
+
+
+@pytest.mark.parametrize(("change", "status", "error", "description"), [
+    ({"auth": httpx.BasicAuth(OIDC_CLIENT, "wrong")}, 401, "invalid_client",
+     "The client secret supplied for a confidential client is invalid."),
+    ({"auth": False, "client_id": OIDC_CLIENT, "client_secret": "wrong"}, 401,
+     "invalid_client", "The client secret supplied for a confidential client is invalid."),
+    ({"auth": False, "client_id": OIDC_CLIENT}, 401, "invalid_client",
+     "No client credentials found."),
+    ({"auth": httpx.BasicAuth("0oaNobody", "x")}, 401, "invalid_client",
+     "Invalid value for 'client_id' parameter."),
+    ({"client_secret": OIDC_SECRET}, 400, "invalid_request",
+     "Cannot supply multiple client credentials."),
+    ({"verifier": "x" * 64}, 400, "invalid_grant", "PKCE verification failed."),
+    ({"code_verifier": "-"}, 400, "invalid_grant", "PKCE verification failed."),
+    ({"redirect_uri": "https://factorflow.example.com/elsewhere"}, 400, "invalid_grant",
+     "The 'redirect_uri' does not match the redirection URI used in the authorization "
+     "request."),
+    ({"grant_type": "password"}, 400, "unsupported_grant_type",
+     "The authorization grant type is not supported."),
+    ({"code": "not-a-code"}, 400, "invalid_grant",
+     "The authorization code is invalid or has expired."),
+    ({"server": "/oauth2"}, 400, "invalid_grant",  # a code of one server at another
+     "The authorization code is invalid or has expired."),
+])
+def test_bad_token_requests_are_refused_like_okta(
+    oidc: Oidc, change: dict[str, Any], status: int, error: str, description: str
+) -> None:
+    code, verifier = oidc.code()
+    fields = {k: v for k, v in change.items() if k not in ("auth", "verifier", "server")}
+    answer = oidc.exchange(fields.pop("code", code), change.get("verifier", verifier),
+                           change.get("server", "/oauth2/default"), auth=change.get("auth"),
+                           **fields)
+    assert answer.status_code == status
+    body = answer.json()
+    assert body["error"] == error and body["error_description"].startswith(description)
+    assert "id_token" not in body and "access_token" not in body
+    if isinstance(change.get("auth"), httpx.BasicAuth):
+        assert answer.headers["www-authenticate"].startswith("Basic realm=")
+    if status == 400 and error == "invalid_grant" and "code" not in change:
+        # The code was spent by the failed exchange: the right one cannot follow.
+        again = oidc.exchange(code, verifier)
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def test_a_code_is_single_use_and_short_lived(oidc: Oidc) -> None:
+    code, verifier = oidc.code()
+    assert oidc.exchange(code, verifier).status_code == 200
+    reused = oidc.exchange(code, verifier)
+    assert (reused.status_code, reused.json()["error"]) == (400, "invalid_grant")
+    code, verifier = oidc.code()
+    oidc.clock.advance(299)
+    assert oidc.exchange(code, verifier).status_code == 200
+    code, verifier = oidc.code()
+    oidc.clock.advance(300)
+    expired = oidc.exchange(code, verifier)
+    assert (expired.status_code, expired.json()["error_description"]) == (
+        400, "The authorization code is invalid or has expired.")
+
+
+@pytest.mark.parametrize(("params", "error", "description"), [
+    ({"code_challenge": "-"}, "invalid_request",
+     "PKCE code challenge is required by the application."),
+    ({"code_challenge_method": "plain"}, "invalid_request",
+     "PKCE code challenge method is not supported. Supported methods: S256."),
+    ({"code_challenge": "too-short"}, "invalid_request", "PKCE code challenge must be"),
+    ({"state": "-"}, "invalid_request",
+     "The authentication request has an invalid 'state' parameter."),
+    ({"scope": "openid okta.users.manage"}, "invalid_scope",
+     "One or more scopes are not configured for the authorization server resource: "
+     "okta.users.manage"),
+    ({"response_type": "token"}, "unsupported_response_type",
+     "The response type is not supported by the authorization server."),
+    ({"login_hint": "nobody@example.com"}, "access_denied", "The user could not be signed in."),
+])
+def test_bad_authorization_requests_go_back_to_the_app_with_the_error(
+    oidc: Oidc, params: dict[str, str], error: str, description: str
+) -> None:
+    answer, _ = oidc.authorize(**params)
+    assert answer.status_code == 302
+    location = answer.headers["location"]
+    assert location.startswith(REDIRECT + "?")
+    back = parse_qs(urlsplit(location).query)
+    assert back["error"] == [error] and back["error_description"][0].startswith(description)
+    assert "code" not in back
+    assert back.get("state") == (None if params.get("state") == "-" else ["st-123"])
+
+
+def test_who_may_not_sign_in_and_requests_that_cannot_go_back(oidc: Oidc) -> None:
+    suspended = list(oidc.sim.org.users.values())[4]
+    suspended.status = "SUSPENDED"
+    answer, _ = oidc.authorize(login_hint=suspended.login)
+    assert parse_qs(urlsplit(answer.headers["location"]).query)["error"] == ["access_denied"]
+    # The public app is assigned to the operators only.
+    outsider = next(u for u in oidc.sim.org.users.values()
+                    if u.status == "ACTIVE" and u.id != oidc.sim.org.api_admin.id)
+    answer, _ = oidc.authorize(client_id=PUBLIC_CLIENT, login_hint=outsider.login)
+    back = parse_qs(urlsplit(answer.headers["location"]).query)
+    assert back["error_description"] == ["User is not assigned to the client application."]
+    # An unknown client or redirect URI: an error page, no redirect.
+    for params, error in (({"client_id": "0oaNobody"}, "invalid_client"),
+                          ({"redirect_uri": "https://evil.example.com/cb"}, "invalid_request")):
+        page, _ = oidc.authorize(**params)
+        assert page.status_code == 400 and "location" not in page.headers
+        assert f'<p id="error">{error}</p>' in page.text
+    assert "must be a Login redirect URI" in page.text
+
+
+def test_a_public_client_relies_on_pkce_alone(oidc: Oidc) -> None:
+    code, verifier = oidc.code(client_id=PUBLIC_CLIENT)
+    answer = oidc.exchange(code, verifier, auth=False, client_id=PUBLIC_CLIENT)
+    assert answer.status_code == 200, answer.text
+    code, verifier = oidc.code(client_id=PUBLIC_CLIENT)
+    refused = oidc.exchange(code, verifier, auth=False, client_id=PUBLIC_CLIENT,
+                            client_secret="anything")
+    assert (refused.status_code, refused.json()["error"]) == (401, "invalid_client")
+
+
+def test_rotated_keys_and_overridden_id_tokens(oidc: Oidc) -> None:
+    code, verifier = oidc.code()
+    first = jwt.get_unverified_header(oidc.exchange(code, verifier).json()["id_token"])["kid"]
+    oidc.sim.oidc.rotate_keys("default")
+    keys = [k["kid"] for k in oidc.http.get("/oauth2/default/v1/keys").json()["keys"]]
+    assert len(keys) == 2 and keys[1] == first
+    code, verifier = oidc.code()
+    token = oidc.exchange(code, verifier).json()["id_token"]
+    assert jwt.get_unverified_header(token)["kid"] == keys[0]
+    oidc.sim.oidc.override_id_tokens(claims={"aud": "someone-else"}, header={"alg": "none"})
+    code, verifier = oidc.code()
+    token = oidc.exchange(code, verifier).json()["id_token"]
+    assert jwt.get_unverified_header(token)["alg"] == "none"
+    assert jwt.decode(token, options={"verify_signature": False})["aud"] == "someone-else"
+    oidc.sim.oidc.override_id_tokens()
+    code, verifier = oidc.code()
+    verified(oidc, oidc.exchange(code, verifier).json()["id_token"],
+             f"{oidc.base}/oauth2/default", OIDC_CLIENT)
+
+
+def test_simulate_serve_registers_an_oidc_app(tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "simulator.log"
+    secret_file = tmp_path / "oidc-secret"
+    secret_file.write_text(OIDC_SECRET + "\n", encoding="utf-8")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "factorflow.cli_okta", "serve", "--port", str(port),
+             "--users", "12", "--seed", "3", "--enrollments", "0", "--api-token", TOKEN,
+             "--oidc-client-id", OIDC_CLIENT, "--oidc-client-secret-file", str(secret_file),
+             "--oidc-redirect-uri", REDIRECT, "--member", f"{OPERATORS}=2",
+             "--sign-in-as", "2"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: httpx.get(f"{base}/oauth2/default/.well-known/"
+                                       "openid-configuration").status_code == 200)
+            with httpx.Client(base_url=base, timeout=10) as http:
+                served = Oidc(None, base, ManualClock(), http)  # type: ignore[arg-type]
+                code, verifier = served.code()
+                answer = served.exchange(code, verifier)
+                assert answer.status_code == 200, answer.text
+                claims = jwt.decode(answer.json()["id_token"],
+                                    options={"verify_signature": False})
+                assert OPERATORS in claims["groups"]
+                user = httpx.get(f"{base}/api/v1/users/{claims['sub']}", headers=ssws()).json()
+                assert user["profile"]["login"] == claims["preferred_username"]
+                assert user["profile"]["employeeNumber"] == "1002"  # the org's third user
+        finally:
+            process.terminate()
+            process.wait(10)
+    output = log_path.read_text(encoding="utf-8")
+    assert f"issuer {base}/oauth2/default" in output and OIDC_CLIENT in output
+    assert OIDC_SECRET not in output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--oidc-client-id", "0oaX"], "--oidc-client-id needs at least one --oidc-redirect-uri"),
+    (["--oidc-redirect-uri", REDIRECT], "the --oidc-* options need --oidc-client-id"),
+    (["--oidc-client-id", "0oaX", "--oidc-redirect-uri", REDIRECT, "--oidc-public",
+      "--oidc-client-secret", "s"], "a public client (--oidc-public) has no secret"),
+    (["--member", "Factorflow Operators=nobody@example.com"],
+     "no user 'nobody@example.com' in the simulated org"),
+    (["--member", "no-equals-sign"], "expected GROUP=USER"),
+    (["--sign-in-as", "99"], "no user '99' in the simulated org"),
+])
+def test_simulate_serve_refuses_incomplete_oidc_options(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(simulate, ["serve", "--users", "5", "--enrollments", "0",
+                                           "--api-token", TOKEN, *args])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -1,8 +1,9 @@
 """The dashboard in a real browser (headless Chromium) against a real ``factorflow serve``
 process with its worker: sign in with the keyboard, find an event delivered a moment before
-and open its page, retry a dead letter and watch it succeed, export a campaign's CSV. Every
-page visited is screenshotted into test-artifacts/ui/ and checked for accessible names and
-colour contrast; keyboard navigation is checked on the way.
+and open its page, retry a dead letter and watch it succeed, export a campaign's CSV; and sign
+in with Okta, the local simulator (a real ``factorflow simulate serve`` process) as the
+identity provider. Every page visited is screenshotted into test-artifacts/ui/ and checked for
+accessible names and colour contrast; keyboard navigation is checked on the way.
 
 The webhook action's receiver refuses the first request for good (HTTP 400), so the first
 enrollment's webhook is dead-lettered; it accepts everything after, so the retry succeeds.
@@ -15,16 +16,19 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from factorflow.store.factory import open_store
-from tests.acceptance.serverproc import ServerProcess
+from tests.acceptance.serverproc import ServerProcess, free_port
 from tests.acceptance.webhook_peer import WebhookPeer
 from tests.ui.browser import ARTIFACTS, check_page, launch
 from tests.ui.seed import CAMPAIGN, PILOT_GROUP, delivery, directory_yaml, enrollment, login
@@ -34,6 +38,8 @@ pytestmark = pytest.mark.slow
 HOOK_SECRET = "Bearer ui-browser-hook-secret-41c9"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"factorflow-dashboard-browser-key!").decode()
 ADMIN_PASSWORD = "browser-admin-password-8d2f"
+OIDC_CLIENT = "0oaBrowserDashboard1"
+OIDC_SECRET = "browser-oidc-secret-61f0c2"
 DEADLINE = 90.0
 T = TypeVar("T")
 
@@ -270,3 +276,80 @@ def test_keyboard_alone_reaches_everything(server: ServerProcess, page: Page) ->
     page.keyboard.press("Enter")
     page.wait_for_url(f"{base}/ui/signin?signed_out=1")
     expect(page.get_by_role("status")).to_have_text("You are signed out.")
+
+
+# -- signing in with Okta (the simulator) -------------------------------------------------------
+
+
+@pytest.fixture
+def okta_site(tmp_path: Path) -> Iterator[tuple[ServerProcess, subprocess.Popen[bytes], Path]]:
+    """``factorflow simulate serve`` with an OIDC app for the dashboard (its first user, the
+    org's administrator, an operator), and ``factorflow serve`` signing in through it."""
+    config = tmp_path / "factorflow.toml"  # written once the simulator answers
+    process = ServerProcess(tmp_path, secret=HOOK_SECRET, env={"FACTORFLOW_CONFIG": str(config)})
+    redirect = f"{process.base_url}/ui/auth/oidc/callback"
+    okta_port = free_port()
+    issuer = f"http://127.0.0.1:{okta_port}/oauth2/default"
+    secret_file = tmp_path / "oidc-secret"
+    secret_file.write_text(OIDC_SECRET, encoding="utf-8")
+    okta_log = tmp_path / "okta.log"
+    with okta_log.open("wb") as log:
+        okta = subprocess.Popen(
+            [sys.executable, "-m", "factorflow.cli_okta", "serve", "--port", str(okta_port),
+             "--users", "10", "--seed", "6", "--enrollments", "0", "--api-token", "dev-token",
+             "--oidc-client-id", OIDC_CLIENT, "--oidc-client-secret-file", str(secret_file),
+             "--oidc-redirect-uri", redirect, "--member", "Factorflow Operators=0",
+             "--sign-in-as", "0"],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"{issuer}/.well-known/openid-configuration"),
+                   "the simulator", lambda: okta_log.read_text(encoding="utf-8"))
+        config.write_text(f"""\
+[ui]
+admin_password = {json.dumps(ADMIN_PASSWORD)}
+
+[ui.oidc]
+issuer = {json.dumps(issuer)}
+client_id = {json.dumps(OIDC_CLIENT)}
+client_secret_file = {json.dumps(str(secret_file))}
+allow_http_issuer = true
+viewer_groups = ["Factorflow Viewers"]
+operator_groups = ["Factorflow Operators"]
+""", encoding="utf-8")
+        with process:
+            process.start()
+            yield process, okta, okta_log
+        assert OIDC_SECRET not in process.log_text()
+    finally:
+        okta.terminate()
+        okta.wait(10)
+    assert OIDC_SECRET not in okta_log.read_text(encoding="utf-8")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_an_operator_signs_in_with_okta(
+    okta_site: tuple[ServerProcess, Any, Path], page: Page
+) -> None:
+    server, _okta, okta_log = okta_site
+    base = server.base_url
+    page.goto(f"{base}/ui/events")
+    assert page.url == f"{base}/ui/signin?next=%2Fui%2Fevents"
+    page.get_by_role("link", name="Sign in with Okta").click()
+    # The simulator signs its administrator in and sends the browser back.
+    page.wait_for_url(f"{base}/ui/events")
+    signed_in = re.search(r"signs in: (\S+) ", okta_log.read_text(encoding="utf-8"))
+    assert signed_in is not None
+    expect(page.locator("header")).to_contain_text("(operator)")
+    check_page(page, "12-signed-in-with-okta")
+    lines = [json.loads(line) for line in server.log_text().splitlines()
+             if line.startswith("{") and "ui.signed_in" in line]
+    assert [(line["user"], line["method"], line["role"]) for line in lines] == [
+        (signed_in.group(1), "oidc", "operator")]
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(f"{base}/ui/signin?signed_out=1")

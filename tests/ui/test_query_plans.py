@@ -5,18 +5,27 @@ are turned off, so a plan that still scans a table sequentially has no index to 
 
 Timing belongs to benchmarks; this checks the shape that keeps pages fast at a million events:
 no full scan of a large table, and no sort of more than a bounded set (a user's events, a rare
-rule's events, the latest transient attempts)."""
+rule's events, the latest transient attempts).
+
+The delivery gap reads roll-ups (factorflow.store.delivery_rollup): once they are up to date,
+the only events it reads one by one are those of the last hour and the settling minutes,
+whatever the period."""
 
 from __future__ import annotations
 
 import re
+import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
+from factorflow.okta.payloads import format_utc
+from factorflow.store.delivery_gap import delivery_gap as gap_figures
+from factorflow.store.delivery_rollup import HOUR, SETTLE, coverage, floor_hour
 from factorflow.store.factory import open_store
 from factorflow.store.sql import Cursor, SqlEventStore
 from factorflow.web.ui.reads.audit import audit_page
@@ -28,7 +37,8 @@ from factorflow.web.ui.reads.overview import overview
 from factorflow.web.ui.reads.window import Window
 
 LARGE = ("events", "facts", "action_results", "action_attempts", "dead_letters", "audit_log",
-         "deliveries", "quarantine", "decisions")
+         "deliveries", "quarantine", "decisions", "system_log_confirmations",
+         "delivery_gap_periods", "delivery_delay_buckets")
 POSITION = Position("2026-03-15T10:00:00.000000Z", 1000)
 
 
@@ -73,12 +83,25 @@ CASES: list[tuple[str, Callable[[Any], object], bool]] = [
     ("overview", lambda s: overview(s, Window.last(30)), True),
     ("overview of one org", lambda s: overview(s, Window.last(30), "default"), True),
     ("delivery gap", lambda s: delivery_gap(s, Window.last(30), ["default"]), True),
+    ("delivery gap, rolled up",
+     lambda s: (_rolled_up(s), delivery_gap(s, Window.last(90), ["default"])), True),
     ("event page", lambda s: event_view(s, "5d3c9a6e-0b8f-11f1-9f3a-0b6c2e4d7a10"), True),
     ("open dead letters", lambda s: list_dead_letters(s, "open", before_id=100), False),
     ("all dead letters", lambda s: list_dead_letters(s, None, after_id=100), False),
     ("audit log", lambda s: audit_page(s), False),
     ("audit log, older", lambda s: audit_page(s, before_seq=100), False),
 ]
+
+
+def _rolled_up(store: Any) -> None:
+    """The roll-up state of a store that has been rolled up for 40 days, with changes since:
+    the delivery gap then reads day rows, hour rows, the changes and the unsettled rest."""
+    now = datetime.now(UTC)
+    with store.write() as cur:
+        cur.execute("UPDATE delivery_gap_rollup SET rolled_from = ?, rolled_until = ?, "
+                    "changes_seen = ? WHERE id = 1",
+                    (format_utc(floor_hour(now - timedelta(days=40))),
+                     format_utc(floor_hour(now - SETTLE)), format_utc(now - SETTLE)))
 
 
 def _common_rule(store: SqlEventStore) -> None:
@@ -144,3 +167,51 @@ def _rowid_order(sql: str, line: str) -> bool:
     """SQLite reads a table in its key order (newest first) when the query orders by that key
     with a LIMIT: the audit log by seq."""
     return line == "SCAN audit_log" and "ORDER BY seq DESC LIMIT" in sql
+
+
+def _events_over(store: SqlEventStore, days: int, per_day: int) -> None:
+    """``per_day`` hook events a day over the last ``days`` days, each received a second after
+    it was published."""
+    now = datetime.now(UTC)
+    rows = []
+    for n in range(days * per_day):
+        received = now - timedelta(days=days) + timedelta(seconds=n * 86_400 / per_day)
+        published = received - timedelta(seconds=1 + n % 7)
+        rows.append((str(uuidlib.uuid4()), "user.mfa.factor.activate", format_utc(published),
+                     format_utc(published), format_utc(received), "default", "{}"))
+    with store.write() as cur:
+        for at in range(0, len(rows), 200):
+            chunk = rows[at:at + 200]
+            cur.execute(
+                "INSERT INTO events (uuid, event_type, published, published_at, "  # noqa: S608
+                "received_at, org, provenance, content_hash, raw) VALUES "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, 'hook', '', ?)"] * len(chunk)),
+                tuple(value for row in chunk for value in row),
+            )
+
+
+@pytest.mark.parametrize("days", [7, 30, 365])
+def test_the_delivery_gap_reads_a_bounded_span_of_events_once_rolled_up(
+    store: SqlEventStore, days: int
+) -> None:
+    _events_over(store, 40, 24 * 12)
+    first = delivery_gap(store, Window.last(days), ["default"])  # rolls up
+    state = coverage(store)
+    assert state.rolled_until is not None and state.rolled_until >= floor_hour(
+        datetime.now(UTC) - SETTLE) - HOUR
+    recording = RecordingStore(store)
+    again = delivery_gap(recording, Window.last(days), ["default"])
+    assert again.orgs == first.orgs
+    (gap,) = again.orgs
+    expected = gap_figures(store, since=datetime.fromisoformat(
+        again.window.since.replace("Z", "+00:00")), orgs=["default"], rolled=False)
+    assert [g.to_dict() | {"lag_seconds": None} for g in expected] == [
+        gap.to_dict() | {"lag_seconds": None}]
+    assert gap.events > 0 and gap.delays == gap.events
+    # The events read one by one: only those of the last, unsettled hour.
+    read = sum(len(store.read(sql, params)) for sql, params in recording.queries
+               if "FROM events e LEFT JOIN" in sql)
+    recent = store.read("SELECT COUNT(*) FROM events WHERE received_at >= ?",
+                        (format_utc(datetime.now(UTC) - HOUR - SETTLE - timedelta(minutes=1)),))
+    assert read <= recent[0][0] <= 20 < gap.events
+    assert any("FROM delivery_gap_periods" in sql for sql, _ in recording.queries)

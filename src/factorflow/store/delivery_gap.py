@@ -12,23 +12,33 @@ delivery) are counted apart, not as events.
 * ``recovered``: stored from the System Log first (the hook had not delivered them when the log
   was read); ``recovered_never_hooked`` of those never came by hook at all (provenance ``log``);
 * ``confirmed``: events the System Log also holds (a row in ``system_log_confirmations``);
-* hook delay percentiles (nearest rank): for events the hook delivered first,
-  ``facts.delay_seconds`` (received - published); for recovered events whose hook copy came
-  later, ``system_log_confirmations.hook_delay_seconds``. Events not yet prepared by the worker
-  have no fact and no delay yet.
+* hook delay percentiles (nearest rank): for events the hook delivered first, received -
+  published (the fact's ``delay_seconds``, known as soon as the event is stored); for
+  recovered events whose hook copy came later, ``system_log_confirmations.hook_delay_seconds``.
+  The delays are kept as a histogram of buckets about 4.4 % wide: a percentile is the largest
+  delay in the bucket its rank falls in (never below the exact value, at most a bucket above;
+  see :mod:`factorflow.store.delivery_rollup`). ``max_delay`` is exact.
+
+The figures come from hourly and daily roll-ups, brought up to date by each call (see
+:mod:`factorflow.store.delivery_rollup`): a period costs a few hundred small rows, whatever
+the number of events in it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from factorflow.okta.payloads import format_utc
-from factorflow.store.system_log import DELIVERY_FAILURE_TYPE, SystemLogLedger, seconds_between
+from factorflow.store import delivery_rollup
+from factorflow.store.system_log import SystemLogLedger, seconds_between
 
 if TYPE_CHECKING:
     from factorflow.store.sql import SqlEventStore
+
+log = logging.getLogger(__name__)
 
 PERCENTILES = (50, 90, 99)
 
@@ -70,37 +80,31 @@ class OrgGap:
 def delivery_gap(
     store: SqlEventStore, *, since: datetime | None = None, until: datetime | None = None,
     hours: float = 24.0, orgs: list[str] | None = None, now: datetime | None = None,
+    rolled: bool = True,
 ) -> list[OrgGap]:
-    """The figures of each org over [since, until) (default: the last ``hours``)."""
+    """The figures of each org over [since, until) (default: the last ``hours``).
+    ``rolled=False`` reads every event of the window instead of the roll-ups (the reference
+    they are checked against)."""
     moment = now or datetime.now(UTC)
     end = until or moment
     start = since or end - timedelta(hours=hours)
-    span = (format_utc(start), format_utc(end))
     found: dict[str, OrgGap] = {name: OrgGap(name) for name in orgs or ()}
 
     def org(name: str) -> OrgGap:
         return found.setdefault(name, OrgGap(name))
 
-    for name, events, by_hook, recovered, never, confirmed in store.read(
-        "SELECT e.org, COUNT(*), "
-        "SUM(CASE WHEN e.provenance IN ('hook', 'both') THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN c.recovered = 1 THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN e.provenance = 'log' THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN c.event_uuid IS NOT NULL THEN 1 ELSE 0 END) "
-        "FROM events e LEFT JOIN system_log_confirmations c ON c.event_uuid = e.uuid "
-        "WHERE e.received_at >= ? AND e.received_at < ? AND e.event_type <> ? GROUP BY e.org",
-        (*span, DELIVERY_FAILURE_TYPE),
-    ):
+    if rolled:
+        _refresh(store, start)
+    for name, tally in delivery_rollup.tallies(store, start, end, rolled=rolled).items():
         entry = org(name)
-        entry.events, entry.by_hook, entry.recovered = int(events), int(by_hook), int(recovered)
-        entry.recovered_never_hooked, entry.confirmed = int(never), int(confirmed)
-    for name, count in store.read(
-        "SELECT org, COUNT(*) FROM events WHERE received_at >= ? AND received_at < ? "
-        "AND event_type = ? GROUP BY org",
-        (*span, DELIVERY_FAILURE_TYPE),
-    ):
-        org(name).delivery_failures = int(count)
-    _delays(store, span, org)
+        entry.events, entry.by_hook, entry.recovered = tally.events, tally.by_hook, \
+            tally.recovered
+        entry.recovered_never_hooked, entry.confirmed = tally.never_hooked, tally.confirmed
+        entry.delivery_failures = tally.failures
+        entry.delays = tally.delays
+        if entry.delays:
+            entry.delay_percentiles = {p: tally.percentile(p) for p in PERCENTILES}
+            entry.max_delay = tally.max_delay
     for state in SystemLogLedger(store).states():
         entry = org(state.org)
         entry.cursor_published, entry.polled_at = state.cursor_published, state.polled_at
@@ -110,32 +114,11 @@ def delivery_gap(
     return sorted(found.values(), key=lambda gap: gap.org)
 
 
-def _delays(store: SqlEventStore, span: tuple[str, str], org: Any) -> None:
-    """Nearest-rank percentiles in one query (both dialects: the value of rank ``rn`` of ``n``
-    is at or past percentile p when rn * 100 >= n * p)."""
-    picks = ", ".join(f"MIN(CASE WHEN rn * 100 >= n * {p} THEN delay END)" for p in PERCENTILES)
-    rows = store.read(
-        f"SELECT org, MAX(n), {picks}, MAX(delay) FROM ("
-        "SELECT org, delay, ROW_NUMBER() OVER (PARTITION BY org ORDER BY delay) AS rn, "
-        "COUNT(*) OVER (PARTITION BY org) AS n FROM ("
-        "SELECT e.org AS org, f.delay_seconds AS delay FROM events e "
-        "JOIN facts f ON f.uuid = e.uuid "
-        "LEFT JOIN system_log_confirmations c ON c.event_uuid = e.uuid "
-        "WHERE e.received_at >= ? AND e.received_at < ? AND e.provenance IN ('hook', 'both') "
-        "AND (c.recovered IS NULL OR c.recovered = 0) AND f.delay_seconds IS NOT NULL "
-        "UNION ALL "
-        "SELECT e.org AS org, c.hook_delay_seconds AS delay FROM events e "
-        "JOIN system_log_confirmations c ON c.event_uuid = e.uuid "
-        "WHERE e.received_at >= ? AND e.received_at < ? AND c.recovered = 1 "
-        "AND c.hook_delay_seconds IS NOT NULL"
-        ") AS delays) AS ranked GROUP BY org",
-        (*span, *span),
-    )
-    for name, count, *values in rows:
-        entry = org(name)
-        entry.delays = int(count)
-        entry.delay_percentiles = {
-            p: float(v) if v is not None else None
-            for p, v in zip(PERCENTILES, values[:-1], strict=True)
-        }
-        entry.max_delay = float(values[-1]) if values[-1] is not None else None
+def _refresh(store: SqlEventStore, start: datetime) -> None:
+    """Bring the roll-ups up to date; if that fails (a read-only database user, a busy
+    database), the figures are still right, computed from more events."""
+    try:
+        delivery_rollup.refresh(store, back_to=start)
+    except Exception as exc:
+        log.warning("delivery_gap.rollup_failed", extra={"fields": {
+            "error": type(exc).__name__}})

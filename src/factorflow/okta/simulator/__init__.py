@@ -1,4 +1,5 @@
-"""A local Okta org for development and tests: the management API and an event hook sender.
+"""A local Okta org for development and tests: the management API, OpenID Connect authorization
+servers (sign-in with Okta) and an event hook sender.
 
 ::
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     )
     from factorflow.okta.simulator.clock import ManualClock, WallClock
     from factorflow.okta.simulator.constants import ALL_SCOPES, DEFAULT_HOOK_EVENT_TYPES
+    from factorflow.okta.simulator.oidc import AuthorizationServers, OidcApp, OidcRequest
     from factorflow.okta.simulator.org import (
         HELPDESK_GROUP,
         KINDS,
@@ -51,6 +53,7 @@ _WHERE = {
     "SimulatorConfig": "app", "TokenRequest": "app",
     "ManualClock": "clock", "WallClock": "clock",
     "ALL_SCOPES": "constants", "DEFAULT_HOOK_EVENT_TYPES": "constants",
+    "AuthorizationServers": "oidc", "OidcApp": "oidc", "OidcRequest": "oidc",
     "HELPDESK_GROUP": "org", "KINDS": "org", "PRIVILEGED_GROUP": "org", "SimGroup": "org",
     "SimOrg": "org", "SimUser": "org", "generate_org": "org",
     "HookSender": "sender", "SendFailed": "sender", "SendOptions": "sender",
@@ -64,9 +67,12 @@ __all__ = [
     "HELPDESK_GROUP",
     "KINDS",
     "PRIVILEGED_GROUP",
+    "AuthorizationServers",
     "HookSender",
     "ManualClock",
     "OAuthApp",
+    "OidcApp",
+    "OidcRequest",
     "OktaSimulator",
     "RequestRecord",
     "SendFailed",

@@ -5,7 +5,10 @@ Endpoints: ``GET /api/v1/users/{id or login}`` and its ``/groups``, ``/factors``
 ``GET /api/v1/groups/{id}`` and ``/users``; ``PUT`` / ``DELETE
 /api/v1/groups/{gid}/users/{uid}`` (logged as ``group.user_membership.add/remove``);
 ``GET /api/v1/logs`` with ``since``, ``until``, ``after``, ``filter``, ``q`` and ``limit`` and
-``Link`` headers; ``POST /oauth2/v1/token`` (client credentials with ``private_key_jwt``).
+``Link`` headers; ``POST /oauth2/v1/token`` (client credentials with ``private_key_jwt``, and
+the authorization code exchange of the org authorization server). The OpenID Connect
+authorization servers (the org's and custom ones such as ``/oauth2/default``: discovery,
+``authorize``, ``token``, ``keys``, ``userinfo``) are in :mod:`factorflow.okta.simulator.oidc`.
 
 Requests authenticate with ``SSWS <token>`` or ``Bearer <access token>``; bearer tokens carry
 scopes (``okta.users.read``, ``okta.groups.read``, ``okta.groups.manage``, ``okta.logs.read``).
@@ -28,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import formatdate
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 import jwt
 import orjson
@@ -42,6 +45,7 @@ from factorflow.okta.simulator.clock import Clock
 from factorflow.okta.simulator.constants import ALL_SCOPES
 from factorflow.okta.simulator.events import Actor, api_actor, okta_time, service_app_ref
 from factorflow.okta.simulator.filters import FilterError, compile_filter
+from factorflow.okta.simulator.oidc import ORG, AuthorizationServers, OidcApp, parse_form
 from factorflow.okta.simulator.org import SimGroup, SimOrg, SimUser, public_copy
 
 JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
@@ -79,6 +83,14 @@ class SimulatorConfig:
     rate_limit_hints: RateLimitHints = "okta"
     latency_seconds: float = 0.0
     token_lifetime_seconds: int = 3600
+    # OpenID Connect (see factorflow.okta.simulator.oidc)
+    oidc_apps: tuple[OidcApp, ...] = ()
+    authorization_servers: tuple[str, ...] = ("default",)  # custom ones, besides the org's
+    sign_in_as: str | None = None  # login or id; None: the org's first user
+    code_lifetime_seconds: int = 300
+    id_token_lifetime_seconds: int = 3600
+    groups_claim: str = "groups"
+    groups_filter: str | None = None  # a regular expression the group names must match
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,7 @@ class OktaSimulator:
         self._windows: dict[str, _Window] = {}
         self._failures: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+        self.oidc = AuthorizationServers(self)
         self.app = Starlette(
             routes=self._routes(),
             exception_handlers={HTTPException: self._http_error},
@@ -184,6 +197,8 @@ class OktaSimulator:
                   "okta.groups.manage", ("PUT", "DELETE")),
             route("/api/v1/logs", self._logs, "okta.logs.read"),
             route("/oauth2/v1/token", self._token, None, ("POST",)),
+            *(Route(path, self._endpoint(bucket, None, handler), methods=list(methods))
+              for path, bucket, handler, methods in self.oidc.routes()),
         ]
 
     def _endpoint(self, bucket: str, scope: str | None,
@@ -395,8 +410,9 @@ class OktaSimulator:
         if media_type != "application/x-www-form-urlencoded":
             return _oauth_error(400, "invalid_request",
                                 "The request must be application/x-www-form-urlencoded.")
-        body = (await request.body()).decode("utf-8", errors="replace")
-        fields = {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+        fields = parse_form(await request.body())
+        if fields.get("grant_type") == "authorization_code":
+            return await self.oidc.token(request, ORG, fields)
         record: dict[str, Any] = {"client_id": None, "header": {}, "claims": {}}
         response = self._issue(request, fields, record)
         error = None

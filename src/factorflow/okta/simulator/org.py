@@ -217,6 +217,19 @@ class SimOrg:
             self.users[user.id] = user
             self._by_login[user.login.casefold()] = user
 
+    def add_group(self, name: str, description: str = "") -> SimGroup:
+        """An Okta group named ``name`` (the existing one if there is one)."""
+        with self._lock:
+            for group in self.groups.values():
+                if group.name == name:
+                    return group
+            now = self.clock.time()
+            group = SimGroup(id=okta_id(self._rng("group"), "00g"), name=name,
+                             description=description, type="OKTA_GROUP", created=now,
+                             last_membership_updated=now)
+            self.groups[group.id] = group
+            return group
+
     def set_membership(self, group_id: str, user_id: str, member: bool, actor: Actor) -> bool:
         """Add or remove; True if it changed (then a group.user_membership event is logged)."""
         with self._lock:
