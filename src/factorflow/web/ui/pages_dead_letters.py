@@ -87,6 +87,13 @@ class _DeadLetterPages:
         return self.dash.render(request, "not_found.html", session, status_code=404,
                                 what=f"No dead letter #{request.path_params['id']}.")
 
+    def _unknown_verb(self, request: Request, session: Session) -> Response:
+        # Not "no dead letter #N": the letter may well exist, the action is what is unknown.
+        return self.dash.render(
+            request, "not_found.html", session, status_code=404,
+            what=f"Dead letters can be retried or discarded, not "
+                 f"{request.path_params['verb'][:40]!r}.")
+
     async def status(self, request: Request, _session: Session) -> Response:
         letter = await self.dash.run(get_dead_letter, self.dash.reads, request.path_params["id"])
         if letter is None:
@@ -99,7 +106,7 @@ class _DeadLetterPages:
         dash = self.dash
         verb = request.path_params["verb"]
         if verb not in ("retry", "discard"):
-            return self._missing(request, session)
+            return self._unknown_verb(request, session)
         letter = await dash.run(get_dead_letter, dash.reads, request.path_params["id"])
         if letter is None:
             return self._missing(request, session)
@@ -111,7 +118,7 @@ class _DeadLetterPages:
         verb = request.path_params["verb"]
         letter_id = request.path_params["id"]
         if verb not in ("retry", "discard"):
-            return self._missing(request, session)
+            return self._unknown_verb(request, session)
         if await dash.run(get_dead_letter, dash.reads, letter_id) is None:
             return self._missing(request, session)
         work = self._retry if verb == "retry" else self._discard
