@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= src/factorflow/examples/factorflow.example.toml
 
-.PHONY: run test lint typecheck unit bench bench-pipeline clean services
+.PHONY: run test lint typecheck unit bench bench-pipeline bench-scale clean services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 ## Pipeline events/s against a trivial DBOS workflow, SQLite and PostgreSQL (about six minutes).
 bench-pipeline: $(STAMP) services
 	$(BIN)/python bench/pipeline.py
+
+## Scale-out: 2 receivers + 2 workers on PostgreSQL against one serve on SQLite (about four
+## minutes; K and M with SCALE_ARGS="--receivers 3 --workers 2").
+bench-scale: $(STAMP) services
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) factorflow-data .mypy_cache .ruff_cache .pytest_cache

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry
 
 from factorflow.okta.clients import OktaClients
 from factorflow.secrets_source import resolve_credentials
@@ -17,7 +18,11 @@ from factorflow.store.sql import SqlEventStore
 from factorflow.web.app import FactorflowApp
 from factorflow.web.hooks import HookEndpoint
 from factorflow.web.metrics import ReceiverMetrics
-from factorflow.web.store_metrics import OktaRateLimitCollector, StoreCollector
+from factorflow.web.store_metrics import (
+    OktaRateLimitCollector,
+    StoreCollector,
+    WorkflowStateCollector,
+)
 
 
 def build_app(
@@ -41,11 +46,7 @@ def build_app(
         on_new_events=engine.wake if engine is not None else None,
     )
     metrics = ReceiverMetrics()
-    metrics.registry.register(StoreCollector(
-        store, worker_dead_after_seconds=settings.workflows.dead_after_seconds
-    ))
-    if engine is not None and isinstance(engine.resources, SharedClients):
-        metrics.registry.register(OktaRateLimitCollector(engine.resources.okta))
+    register_store_metrics(metrics.registry, settings, store, engine)
     hooks = {
         org.hook.path: HookEndpoint(
             org=org.name, credentials=credentials[org.name], committer=committer,
@@ -55,8 +56,24 @@ def build_app(
     }
     return FactorflowApp(
         store=store, committer=committer, metrics=metrics, hooks=hooks, background=engine,
-        extra_routes=ui_routes, on_close=ui_close,
+        extra_routes=ui_routes, on_close=ui_close, metrics_route=settings.metrics.on_main_port,
     )
+
+
+def register_store_metrics(
+    registry: CollectorRegistry, settings: Settings, store: SqlEventStore, engine: Any = None
+) -> CollectorRegistry:
+    """The gauges read at scrape time: the store's (the same in every process) and, in a
+    process with a workflow worker (``engine``), its Okta rate limits and the workflow
+    states."""
+    registry.register(StoreCollector(
+        store, worker_dead_after_seconds=settings.workflows.dead_after_seconds
+    ))
+    if engine is not None:
+        if isinstance(engine.resources, SharedClients):
+            registry.register(OktaRateLimitCollector(engine.resources.okta))
+        registry.register(WorkflowStateCollector(engine.workflow_counts))
+    return registry
 
 
 def build_pipeline(settings: Settings, store: SqlEventStore) -> tuple[Any, Any]:

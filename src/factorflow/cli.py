@@ -97,11 +97,42 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
         # uvicorn takes whole seconds; truncating 0.5 to 0 would cancel requests in flight.
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout_seconds),
     )
+    metrics_server = start_metrics_server(settings, app.metrics.registry, server_host,
+                                          server_port)
+    if metrics_server is not None:
+        app.on_stopping.append(metrics_server.stop)
     # uvicorn shuts down gracefully on SIGTERM and then raises SIGTERM again, which would end
     # the process as "killed by SIGTERM" (143) after every request was answered and the store
     # closed. A completed graceful shutdown exits 0, so supervisors can tell it from a crash.
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+def start_metrics_server(settings: Settings, registry: Any, main_host: str | None = None,
+                         main_port: int | None = None) -> Any:
+    """With ``[metrics] port``: /metrics on that port, served from ``registry`` in a thread
+    (None without it). A port that cannot be had is a ClickException naming it."""
+    from factorflow.web.metrics_server import MetricsServer
+
+    port = settings.metrics.port
+    if port is None:
+        return None
+    host = settings.metrics_host()
+    if port == main_port and host == main_host:
+        raise click.ClickException(
+            f"metrics.port {port} is the port the server listens on (--port): give the "
+            "metrics a port of their own"
+        )
+    try:
+        server = MetricsServer(registry, host, port).start()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"factorflow metrics on http://{host}:{server.port}/metrics", err=True)
+    return server
 
 
 def _exit_after_graceful_shutdown(_signum: int, _frame: FrameType | None) -> None:

@@ -11,18 +11,21 @@ from typing import Any
 
 import click
 
-from factorflow.cli import CONFIG_OPTION, _open, _settings
+from factorflow.cli import CONFIG_OPTION, _open, _settings, start_metrics_server
 from factorflow.errors import FactorflowError
 
 
 @click.command("worker")
 @CONFIG_OPTION
 def worker(config_path: Path | None) -> None:
-    """Run a workflow worker (no HTTP): relays stored events and carries out their workflows.
+    """Run a workflow worker: relays stored events and carries out their workflows. No HTTP,
+    except /metrics on [metrics] port when one is set.
 
     Give each worker of a deployment its own stable FACTORFLOW_WORKFLOWS__EXECUTOR_ID.
     """
-    from factorflow.bootstrap import build_engine
+    from prometheus_client import CollectorRegistry
+
+    from factorflow.bootstrap import build_engine, register_store_metrics
     from factorflow.logs import configure_logging
     from factorflow.secrets_source import user_hash_key
     from factorflow.store.factory import open_store
@@ -42,9 +45,18 @@ def worker(config_path: Path | None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    registry = register_store_metrics(CollectorRegistry(), settings, store, engine)
+    try:
+        metrics_server = start_metrics_server(settings, registry)
+    except click.ClickException:
+        engine.resources.close()
+        store.close()
+        raise
     engine.start()
     click.echo(f"factorflow worker {settings.workflows.executor_id} running", err=True)
     stop.wait()
+    if metrics_server is not None:
+        metrics_server.stop()
     engine.stop(int(settings.server.graceful_timeout_seconds))
     store.close()
 
@@ -84,7 +96,15 @@ def dlq_retry(config_path: Path | None, dead_letter_id: int, wait: bool, by: str
     client, store = _client(config_path)
     try:
         who = by or getpass.getuser()
-        workflow_id = client.retry_dead_letter(dead_letter_id, who)
+        try:
+            workflow_id = client.retry_dead_letter(dead_letter_id, who)
+        except Exception as exc:  # the workflow engine's database; see _not_enqueued
+            # Not enqueued: put the letter back so it can be retried again (as the dashboard
+            # does), instead of leaving it "retrying" with no workflow to finish it.
+            client.ledger.resolve_dead_letter(dead_letter_id, "open", who)
+            raise click.ClickException(_not_enqueued(
+                f"the retry of dead letter #{dead_letter_id}", exc,
+                "the dead letter is open again")) from None
         if workflow_id is None:
             raise click.ClickException(f"dead letter #{dead_letter_id} is not open")
         _audit(store, "dead_letter.retry", f"dead letter #{dead_letter_id} retried", who)
@@ -143,7 +163,14 @@ def replay(config_path: Path | None, uuids: tuple[str, ...], since: str | None,
         missing = [u for u in targets if store.get_event(u) is None]
         if missing:
             raise click.ClickException(f"not stored: {', '.join(missing[:5])}")
-        workflow_ids = [client.replay(uuid) for uuid in targets]
+        workflow_ids = []
+        for uuid in targets:
+            try:
+                workflow_ids.append(client.replay(uuid))
+            except Exception as exc:  # the workflow engine's database; see _not_enqueued
+                raise click.ClickException(_not_enqueued(
+                    f"the replay of {uuid}", exc,
+                    f"{len(workflow_ids)} of {len(targets)} replay(s) were enqueued")) from None
         click.echo(f"{len(workflow_ids)} replay(s) enqueued")
         if wait:
             for workflow_id in workflow_ids:
@@ -160,6 +187,13 @@ def _client(config_path: Path | None) -> tuple[Any, Any]:
     settings = _settings(config_path)
     store = _open(config_path)
     return WorkflowClient(settings, SqlPipelineLedger(store)), store
+
+
+def _not_enqueued(what: str, exc: Exception, outcome: str) -> str:
+    """The message for work the workflow engine did not take. Only the error's type is
+    shown: a database driver's message may carry the connection URL."""
+    return (f"{what} could not be handed to the workflow engine ({type(exc).__name__}); "
+            f"{outcome}. Is the workflow database reachable, and has a worker started once?")
 
 
 def _audit(store: Any, kind: str, summary: str, who: str) -> None:

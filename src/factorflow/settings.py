@@ -8,6 +8,7 @@ are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -48,6 +49,25 @@ class ServerSettings(_Section):
         "127.0.0.1",
         description="proxies whose X-Forwarded-For/-Proto are trusted (comma-separated, or *)",
     )
+
+
+class MetricsSettings(_Section):
+    """``[metrics]``: /metrics on a port of its own (for a scraper on another network than
+    Okta's), in ``factorflow serve`` and ``factorflow worker`` alike."""
+
+    port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port too (default: no)"
+    )
+    host: str | None = Field(None, min_length=1, description="default: server.host")
+    on_main_port: bool = Field(
+        True, description="also answer /metrics on server.port (false needs metrics.port)"
+    )
+
+    @model_validator(mode="after")
+    def _served_somewhere(self) -> MetricsSettings:
+        if self.port is None and not self.on_main_port:
+            raise ValueError("on_main_port = false needs a port, or /metrics is served nowhere")
+        return self
 
 
 class HookSettings(_Section):
@@ -139,8 +159,16 @@ class WorkflowSettings(_Section):
         None, description="DBOS system database; default: a SQLite file in data_dir"
     )
     executor_id: str = Field("local", min_length=1, max_length=128)
-    application_version: str = Field("1", min_length=1, max_length=64)
+    # "2": the event workflow's steps changed (evaluate / act_in_order); see the operations
+    # guide's upgrade section before changing it again.
+    application_version: str = Field("2", min_length=1, max_length=64)
     worker_concurrency: int = Field(16, ge=1, le=256)
+    org_concurrency: int | None = Field(
+        None, ge=1, le=256,
+        description="most workflows of one org that one worker runs at once, so that an org "
+        "whose Okta or connectors are slow cannot take every slot (default: worker_concurrency "
+        "with one org, half of it with several)",
+    )
     relay_interval_seconds: float = Field(0.5, gt=0, le=60)
     queue_polling_seconds: float = Field(0.1, gt=0, le=60)
     heartbeat_seconds: float = Field(
@@ -155,6 +183,11 @@ class WorkflowSettings(_Section):
         True, description="take over the in-flight workflows of dead workers (off: they wait "
         "for a process with the dead worker's executor_id)",
     )
+    max_takeovers_per_workflow: int = Field(
+        3, ge=1, le=1000,
+        description="a workflow taken over this many times in a row without completing a step "
+        "is not resumed again when its worker dies: it is cancelled and recorded as abandoned",
+    )
 
     @model_validator(mode="after")
     def _dead_after_spans_heartbeats(self) -> WorkflowSettings:
@@ -163,7 +196,18 @@ class WorkflowSettings(_Section):
                 "dead_after_seconds must be at least twice heartbeat_seconds, or a worker "
                 "that misses one heartbeat is taken for dead"
             )
+        if self.org_concurrency is not None and self.org_concurrency > self.worker_concurrency:
+            raise ValueError(
+                f"org_concurrency ({self.org_concurrency}) cannot exceed worker_concurrency "
+                f"({self.worker_concurrency})"
+            )
         return self
+
+    def org_share(self, orgs: int) -> int:
+        """Workflow slots of one worker that one org may hold at once."""
+        if self.org_concurrency is not None:
+            return self.org_concurrency
+        return self.worker_concurrency if orgs <= 1 else max(1, self.worker_concurrency // 2)
 
 
 class LogSettings(_Section):
@@ -253,6 +297,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("factorflow-data")
     server: ServerSettings = ServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     hook: HookSettings = HookSettings()
     store: StoreSettings = StoreSettings()
     pipeline: PipelineSettings = PipelineSettings()
@@ -301,6 +346,19 @@ class Settings(BaseSettings):
             paths[org.hook.path] = org.name
         return self
 
+    @model_validator(mode="after")
+    def _metrics_port_is_usable(self) -> Settings:
+        metrics = self.metrics
+        if metrics.port == self.server.port and self.metrics_host() == self.server.host:
+            raise ValueError(
+                f"metrics.port {metrics.port} is server.port: give the metrics a port of "
+                "their own, or leave metrics.port unset to serve /metrics on the main port"
+            )
+        return self
+
+    def metrics_host(self) -> str:
+        return self.metrics.host or self.server.host
+
     def org_list(self) -> list[Org]:
         """Every configured org with its hook, rules and directory."""
         if not self.orgs:
@@ -334,13 +392,13 @@ def load_settings(config: Path | None) -> Settings:
     unknown = unknown_environment()
     if unknown:
         raise ConfigError(
-            "unknown environment variable(s): " + ", ".join(unknown)
+            "unknown environment variable(s): " + ", ".join(map(_with_suggestion, unknown))
             + f" (settings are {ENV_PREFIX}<SECTION>__<KEY>, with two underscores)"
         )
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, config)) from None
+        raise ConfigError(_describe(exc, config, data)) from None
 
 
 # Variables with the prefix that are not settings.
@@ -379,14 +437,74 @@ def unknown_environment() -> list[str]:
     return sorted(unknown)
 
 
-def _describe(exc: ValidationError, config: Path | None) -> str:
+def _with_suggestion(variable: str) -> str:
+    """``FACTORFLOW_HOOK_SECRET (did you mean FACTORFLOW_HOOK__SECRET?)``: the closest setting
+    name, when one is close enough."""
+    close = difflib.get_close_matches(variable.upper(), setting_variables(), n=1, cutoff=0.8)
+    return f"{variable} (did you mean {close[0]}?)" if close else variable
+
+
+def setting_variables() -> list[str]:
+    """Every environment variable name that sets one setting, as far as they can be listed
+    (the keys of mappings such as ``[orgs.<name>]`` are free, so their contents are not)."""
+    names = list(_OTHER_VARIABLES)
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            variable = f"{prefix}{name.upper()}"
+            nested = [
+                c for c in (field.annotation, *get_args(field.annotation))
+                if isinstance(c, type) and issubclass(c, BaseModel)
+            ]
+            if nested:
+                walk(nested[0], variable + "__")
+            elif get_origin(field.annotation) is not dict:
+                names.append(variable)
+
+    walk(Settings, ENV_PREFIX)
+    return names
+
+
+def _describe(exc: ValidationError, config: Path | None, data: dict[str, Any]) -> str:
     lines = ["invalid configuration:"]
     for error in exc.errors(include_input=False, include_url=False):
-        key = ".".join(str(part) for part in error["loc"])
-        env_name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
-        where = (
-            f"environment variable {env_name}" if env_name in os.environ
-            else (str(config) if config else "defaults")
-        )
+        loc = tuple(str(part) for part in error["loc"])
+        if not loc:
+            # A check across sections (e.g. two orgs on one hook path): its values may come
+            # from anywhere, so no single source is named.
+            lines.append(f"  {error['msg']}")
+            continue
+        key = ".".join(loc)
+        where = _source(loc, config, data, missing=error["type"] == "missing")
         lines.append(f"  {key}: {error['msg']} (from {where})")
     return "\n".join(lines)
+
+
+def _source(loc: tuple[str, ...], config: Path | None, data: dict[str, Any], *,
+            missing: bool) -> str:
+    """Where the value(s) at ``loc`` came from. The environment wins over the file key by key,
+    so a variable naming exactly this key is the only source; a check over a whole section (a
+    model validator) names every variable under it, and the file if it sets the section. A
+    missing key is blamed on whatever set the section that lacks it."""
+    if missing and len(loc) > 1:
+        loc = loc[:-1]
+    env_name = ENV_PREFIX + "__".join(part.upper() for part in loc)
+    present = {name.upper() for name in os.environ}
+    if env_name in present and not missing:
+        return f"environment variable {env_name}"
+    sources = [
+        f"environment variable {name}" for name in sorted(present)
+        if name.startswith(env_name + "__")
+    ]
+    if config is not None and _in_file(data, loc):
+        sources.append(str(config))
+    return " and ".join(sources) if sources else "defaults"
+
+
+def _in_file(data: dict[str, Any], loc: tuple[str, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -466,11 +466,12 @@ def test_every_action_of_an_enrollment_is_done_exactly_once(
     )
     assert dep.rows("SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL") == [(0,)]
     assert dep.dead_letters() == []
-    # One workflow per event, its id the event uuid.
+    # One workflow per event, its id the event uuid, on the queue partitioned by org.
     workflows = dep.workflows()
     assert sorted(workflows) == sorted(uuids)
-    assert {(w.name, w.status, w.queue_name) for w in workflows.values()} == {
-        ("factorflow.process_event", "SUCCESS", "factorflow-events")
+    assert {(w.name, w.status, w.queue_name, w.queue_partition_key)
+            for w in workflows.values()} == {
+        ("factorflow.process_event", "SUCCESS", "factorflow-org-events", "default")
     }
     assert dep.server.terminate() == 0
     assert WEBHOOK_SECRET.removeprefix("whsec_") not in dep.server.log_text()

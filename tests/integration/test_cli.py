@@ -137,6 +137,33 @@ def test_config_check_names_a_bad_environment_variable(env: dict[str, str]) -> N
     assert "environment variable FACTORFLOW_HOOK__AUTH_HEADER" in result.output
 
 
+def test_config_check_refuses_a_misspelt_variable_and_suggests_the_setting(
+    env: dict[str, str]
+) -> None:
+    result = run("config", "check", env={"FACTORFLOW_HOOK_SECRET": "typo-secret-value-9c1e"})
+    assert result.exit_code == 1
+    assert ("Error: unknown environment variable(s): FACTORFLOW_HOOK_SECRET (did you mean "
+            "FACTORFLOW_HOOK__SECRET?) (settings are FACTORFLOW_<SECTION>__<KEY>, with two "
+            "underscores)") in result.output
+    assert "typo-secret-value-9c1e" not in result.output
+    assert "configuration OK" not in result.output
+
+
+def test_config_check_names_the_environment_as_the_source_of_a_section_problem(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "factorflow.toml"
+    config.write_text("[server]\nport = 9000\n", encoding="utf-8")
+    result = run("config", "check", "--config", str(config),
+                 env={"FACTORFLOW_WORKFLOWS__HEARTBEAT_SECONDS": "100"})
+    assert result.exit_code == 1
+    assert ("  workflows: Value error, dead_after_seconds must be at least twice "
+            "heartbeat_seconds, or a worker that misses one heartbeat is taken for dead "
+            "(from environment variable FACTORFLOW_WORKFLOWS__HEARTBEAT_SECONDS)\n"
+            ) in result.output
+    assert "defaults" not in result.output and str(config) not in result.output
+
+
 def test_config_check_refuses_secret_and_secret_file_together(
     env: dict[str, str], tmp_path: Path
 ) -> None:

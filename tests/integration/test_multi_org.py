@@ -3,13 +3,18 @@ directory; events are filed under their org; one org's credential opens no other
 
 from __future__ import annotations
 
+import base64
 import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
+from tests.integration.held_peer import HeldPeer
 from tests.payloads.shapes import enrollment_event
 
 from factorflow.bootstrap import build_app, build_pipeline
@@ -17,6 +22,7 @@ from factorflow.errors import ConfigError
 from factorflow.settings import Settings, load_settings
 from factorflow.store.factory import open_store
 from factorflow.store.pipeline_sql import SqlPipelineLedger
+from factorflow.store.sql import SqlEventStore
 
 ACME_SECRET = "acme-hook-secret-0001"
 GLOBEX_SECRET = "globex-hook-secret-0002"
@@ -174,3 +180,183 @@ def test_invalid_org_configuration_names_the_problem(
     with pytest.raises(ConfigError) as raised:
         load_settings(config)
     assert message in str(raised.value)
+
+
+# -- one org's slow connector does not hold up the others -------------------------------------
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"factorflow-org-isolation-key-32b").decode()
+DEADLINE = 90.0  # seconds any expected state may take to appear (a loaded 2-core machine)
+SLOW_RULES = """
+version: 1
+match: all
+rules:
+  - id: notify
+    when: {{kind: [enrollment]}}
+    actions:
+      - {{id: hook, kind: webhook, params: {{url: "{url}", secret: peer, type: mfa.enrolled}}}}
+"""
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'factorflow.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def slow_peer() -> Iterator[HeldPeer]:
+    with HeldPeer() as peer:
+        yield peer
+
+
+def _isolation_settings(tmp_path: Path, store_url: str, peer: HeldPeer,
+                        **workflows: Any) -> Settings:
+    (tmp_path / "acme.yaml").write_text(SLOW_RULES.format(url=peer.url("/acme")))
+    (tmp_path / "globex.yaml").write_text(ACME_RULES.replace("acme", "globex"))
+    system_db = store_url if store_url.startswith("postgresql") else None
+    return Settings(
+        data_dir=tmp_path,
+        store={"url": store_url},
+        orgs={
+            "acme": {"hook": {"path": "/hooks/acme", "secret": ACME_SECRET},
+                     "rules_file": tmp_path / "acme.yaml"},
+            "globex": {"hook": {"path": "/hooks/globex", "secret": GLOBEX_SECRET},
+                       "rules_file": tmp_path / "globex.yaml"},
+        },
+        actions={"webhook_secrets": {"peer": WEBHOOK_SECRET}},
+        # A webhook that times out is retried soon and often: it keeps its slot meanwhile.
+        pipeline={"retry": {"webhook": {"max_attempts": 100, "initial_seconds": 0.2,
+                                        "max_seconds": 1.0}}},
+        workflows={"worker_concurrency": 4, "relay_interval_seconds": 0.1,
+                   "queue_polling_seconds": 0.1, "system_database_url": system_db, **workflows},
+    )
+
+
+def _statuses(store: SqlEventStore, events: list[dict[str, Any]]) -> dict[str, str]:
+    """event uuid -> status of its one action, for the events that have a result."""
+    marks = ", ".join("?" for _ in events)
+    rows = store.read(f"SELECT event_uuid, status FROM action_results WHERE event_uuid IN "  # noqa: S608
+                      f"({marks})", tuple(e["uuid"] for e in events))
+    return {str(uuid): str(status) for uuid, status in rows}
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {DEADLINE:g} s: {what}")
+        time.sleep(0.1)
+
+
+def _workflow_gauge(client: TestClient) -> dict[tuple[str, str], float]:
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {(s.labels["org"], s.labels["state"]): s.value
+            for family in families if family.name == "factorflow_workflows"
+            for s in family.samples}
+
+
+def test_a_slow_org_keeps_to_its_share_of_the_worker_and_the_other_org_moves_on(
+    tmp_path: Path, store_url: str, slow_peer: HeldPeer
+) -> None:
+    """acme's connector hangs. With 4 workflow slots and two orgs, acme may hold 2 (the
+    default share); globex's events, sent after acme's six, are carried out meanwhile. Without
+    the share acme's six would take all 4 slots and globex would wait for acme's connector."""
+    settings = _isolation_settings(tmp_path, store_url, slow_peer)
+    assert settings.workflows.org_share(len(settings.org_list())) == 2
+    acme_events = [enrollment_event() for _ in range(6)]
+    globex_events = [enrollment_event() for _ in range(3)]
+    slow_peer.close_gate()
+    with TestClient(build_app(settings, worker=True)) as client:
+        store: SqlEventStore = client.app.store  # type: ignore[attr-defined]
+        assert client.post("/hooks/acme", content=_delivery(*acme_events), headers={
+            "Authorization": ACME_SECRET, "Content-Type": "application/json"}).status_code == 204
+        assert slow_peer.wait_for_in_flight(2, DEADLINE), "acme's webhooks never started"
+        assert client.post("/hooks/globex", content=_delivery(*globex_events), headers={
+            "Authorization": GLOBEX_SECRET, "Content-Type": "application/json"}
+        ).status_code == 204
+
+        _wait_for(lambda: _statuses(store, globex_events) == {
+            e["uuid"]: "done" for e in globex_events}, "globex's events carried out")
+        # acme is stuck on its connector, at its share: two running, four waiting their turn.
+        assert _statuses(store, acme_events) == {}
+        assert slow_peer.max_in_flight == 2
+        gauge = _workflow_gauge(client)
+        assert (gauge.get(("acme", "running")), gauge.get(("acme", "enqueued"))) == (2.0, 4.0)
+        assert ("globex", "running") not in gauge and ("globex", "enqueued") not in gauge
+
+        slow_peer.open_gate()
+        _wait_for(lambda: _statuses(store, acme_events) == {
+            e["uuid"]: "done" for e in acme_events}, "acme's events carried out")
+    assert slow_peer.max_in_flight == 2  # never more than its share at once
+    assert slow_peer.paths.count("/acme") >= 6
+
+
+def test_replays_go_to_their_org_and_the_old_queue_is_still_served(tmp_path: Path) -> None:
+    """A replay is enqueued under its event's org; a workflow that an earlier version left on
+    the old, unpartitioned queue still runs after the upgrade."""
+    from dbos import DBOS, SetWorkflowID
+
+    from factorflow.workflows import process
+    from factorflow.workflows.client import WorkflowClient
+    from factorflow.workflows.engine import ORG_QUEUE
+
+    settings = _settings(tmp_path)
+    acme_event, globex_event = enrollment_event(), enrollment_event()
+    with TestClient(build_app(settings, worker=True)) as client:
+        store: SqlEventStore = client.app.store  # type: ignore[attr-defined]
+        client.post("/hooks/acme", content=_delivery(acme_event), headers={
+            "Authorization": ACME_SECRET, "Content-Type": "application/json"})
+        client.post("/hooks/globex", content=_delivery(globex_event), headers={
+            "X-Okta-Secret": GLOBEX_SECRET, "Content-Type": "application/json"})
+        _wait_for(lambda: len(_statuses(store, [acme_event, globex_event])) == 2,
+                  "both events carried out")
+        workflows = WorkflowClient(settings, SqlPipelineLedger(store))
+        try:
+            replay = workflows.replay(acme_event["uuid"])
+            _wait_for(lambda: workflows.status(replay) == "SUCCESS", "the replay finishes")
+        finally:
+            workflows.close()
+        # The old queue, as an earlier version registered it, with a workflow left on it.
+        DBOS.register_queue(process.QUEUE, worker_concurrency=4, polling_interval_sec=0.1)
+        legacy = f"legacy-{globex_event['uuid']}"
+        with SetWorkflowID(legacy):
+            DBOS.enqueue_workflow(process.QUEUE, process.process_event, globex_event["uuid"])
+        _wait_for(lambda: DBOS.get_workflow_status(legacy).status == "SUCCESS",  # type: ignore[union-attr]
+                  "the workflow on the old queue finishes")
+        (replayed,) = DBOS.list_workflows(workflow_ids=[replay])
+        first = DBOS.list_workflows(workflow_ids=[acme_event["uuid"], globex_event["uuid"]])
+        # Done once: the replay and the old queue's run found the actions done already.
+        assert _statuses(store, [acme_event, globex_event]) == {
+            acme_event["uuid"]: "done", globex_event["uuid"]: "done"}
+        assert store.read("SELECT COUNT(*) FROM action_results")[0][0] == 2
+    assert (replayed.queue_name, replayed.queue_partition_key) == (ORG_QUEUE, "acme")
+    assert {(w.queue_name, w.queue_partition_key) for w in first} == {
+        (ORG_QUEUE, "acme"), (ORG_QUEUE, "globex")}
+
+
+@pytest.mark.parametrize(("workflows", "message"), [
+    ({"worker_concurrency": 4, "org_concurrency": 5},
+     "org_concurrency (5) cannot exceed worker_concurrency (4)"),
+    ({"org_concurrency": 0}, "workflows.org_concurrency: Input should be greater than or equal"),
+])
+def test_an_impossible_org_share_is_a_config_error(
+    tmp_path: Path, workflows: dict[str, int], message: str
+) -> None:
+    config = tmp_path / "factorflow.toml"
+    config.write_text("[workflows]\n" + "".join(f"{k} = {v}\n" for k, v in workflows.items()))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config)
+    assert message in str(raised.value)
+
+
+def test_the_org_share_defaults_to_half_the_worker_with_several_orgs() -> None:
+    one = Settings(workflows={"worker_concurrency": 16})
+    two = Settings(workflows={"worker_concurrency": 16}, orgs={
+        "a": {"hook": {"path": "/hooks/a"}}, "b": {"hook": {"path": "/hooks/b"}}})
+    assert one.workflows.org_share(len(one.org_list())) == 16
+    assert two.workflows.org_share(len(two.org_list())) == 8
+    assert Settings(workflows={"worker_concurrency": 1}).workflows.org_share(3) == 1
+    assert Settings(workflows={"worker_concurrency": 16, "org_concurrency": 3}) \
+        .workflows.org_share(1) == 3

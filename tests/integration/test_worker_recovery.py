@@ -4,19 +4,30 @@
 matters. :class:`WorkerWatch` runs with a hand-driven clock and, in place of the workflow
 engine's side of a takeover, a function that records which executor it was asked to take over
 (the real one is exercised by the acceptance tests with real worker processes and DBOS).
+
+The bound on takeovers of one workflow (:class:`TakeoverLedger`) is exercised on real stores
+with an in-memory stand-in for the workflow engine, and once end to end: real DBOS processes
+hand over a workflow whose step kills the process running it, until it is abandoned.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
+from dbos import DBOSClient
 
 from factorflow.errors import ConfigError
 from factorflow.okta.payloads import format_utc
@@ -24,7 +35,15 @@ from factorflow.settings import WorkflowSettings, load_settings
 from factorflow.store.factory import open_store
 from factorflow.store.sql import SqlEventStore
 from factorflow.web.store_metrics import StoreCollector
-from factorflow.workflows.recovery import Handover, WorkerRegistry, WorkerWatch
+from factorflow.workflows.recovery import (
+    Abandoned,
+    Handover,
+    PendingWorkflow,
+    TakeoverLedger,
+    WorkerRegistry,
+    WorkerWatch,
+    hand_over,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -218,6 +237,7 @@ def watch_for(store: SqlEventStore, clock: Clock, recorder: Recorder,
               **settings: object) -> WorkerWatch:
     config = WorkflowSettings.model_validate({
         "executor_id": "survivor", "heartbeat_seconds": 1.0, "dead_after_seconds": 4.0,
+        "application_version": "1",
         **settings,
     })
     watch = WorkerWatch(store, config, clock=clock, take_over=recorder)
@@ -315,7 +335,7 @@ def test_a_failed_takeover_releases_the_claim(stores: list[SqlEventStore]) -> No
         raise RuntimeError("the workflow database is unavailable")
 
     config = WorkflowSettings(executor_id="survivor", heartbeat_seconds=1.0,
-                              dead_after_seconds=4.0)
+                              dead_after_seconds=4.0, application_version="1")
     watch = WorkerWatch(stores[0], config, clock=clock, take_over=failing)
     watch.register()
     WorkerRegistry(stores[1], "victim", "1").register(LIVE_CLAIMS)
@@ -324,6 +344,268 @@ def test_a_failed_takeover_releases_the_claim(stores: list[SqlEventStore]) -> No
     assert attempts == ["victim", "victim"]  # tried, released, tried again on the next look
     assert claimed_row(stores[0], "victim") == (None, False, None)
     assert stores[0].read("SELECT COUNT(*) FROM audit_log")[0][0] == 0
+
+
+# -- the bound on takeovers of one workflow ---------------------------------------------------
+
+
+@dataclass
+class FakeEngine:
+    """The workflow engine's side of a takeover, in memory: PENDING workflows per executor."""
+
+    pending_by: dict[str, list[PendingWorkflow]] = field(default_factory=dict)
+    steps: dict[str, int] = field(default_factory=dict)
+    resumed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    def died(self, executor_id: str, run: int, workflow_id: str = "wf-1", *,
+             version: str = "1", steps: int = 1) -> None:
+        """``workflow_id`` was running on ``executor_id`` (dequeued at ``run``) when it died."""
+        self.pending_by.setdefault(executor_id, []).append(PendingWorkflow(
+            workflow_id, version, "factorflow-events", f"{executor_id}@{run}",
+            f"event-{workflow_id}",
+        ))
+        self.steps[workflow_id] = steps
+
+    def pending(self, executor_id: str) -> Sequence[PendingWorkflow]:
+        return list(self.pending_by.get(executor_id, []))
+
+    def completed_steps(self, workflow_id: str) -> int:
+        return self.steps[workflow_id]
+
+    def resume(self, workflow_id: str, queue_name: str | None) -> None:
+        assert queue_name == "factorflow-events"
+        self._leave(workflow_id)
+        self.resumed.append(workflow_id)
+
+    def cancel(self, workflow_id: str) -> None:
+        self._leave(workflow_id)
+        self.cancelled.append(workflow_id)
+
+    def _leave(self, workflow_id: str) -> None:
+        for workflows in self.pending_by.values():
+            workflows[:] = [w for w in workflows if w.workflow_id != workflow_id]
+
+
+def takeover_row(store: SqlEventStore, workflow_id: str) -> tuple[object, ...]:
+    return tuple(store.read(
+        "SELECT takeovers, steps, taken_from, taken_by, abandoned_at IS NOT NULL, reason, "
+        "event_uuid FROM workflow_takeovers WHERE workflow_id = ?", (workflow_id,))[0])
+
+
+REASON_4 = ("its worker died 4 times in a row while running it, without it completing a step "
+            "(at most 3 takeovers): it may be what kills its workers")
+
+
+def test_a_workflow_that_kills_every_worker_is_abandoned_after_the_limit(
+    stores: list[SqlEventStore],
+) -> None:
+    engine = FakeEngine()
+    ledgers = [TakeoverLedger(stores[i % 3], f"survivor-{i}", 3) for i in range(5)]
+    engine.died("first", 1)
+    # Three takeovers, each by a survivor that then dies running it, at the same step.
+    for i, dead in enumerate(["first", "survivor-0", "survivor-1"]):
+        handover = hand_over(dead, "1", ledgers[i], engine)
+        assert handover == Handover(("wf-1",), 0)
+        assert takeover_row(stores[0], "wf-1") == (
+            i + 1, 1, f"{dead}@{i + 1}", f"survivor-{i}", False, None, "event-wf-1")
+        engine.died(f"survivor-{i}", i + 2)
+    assert engine.resumed == ["wf-1"] * 3
+
+    handover = hand_over("survivor-2", "1", ledgers[3], engine)
+    assert handover == Handover((), 0, (Abandoned("wf-1", "event-wf-1", 4, REASON_4),))
+    assert engine.cancelled == ["wf-1"]
+    assert engine.resumed == ["wf-1"] * 3  # not resumed a fourth time
+    assert engine.pending("survivor-2") == []
+    assert takeover_row(stores[1], "wf-1") == (
+        4, 1, "survivor-2@4", "survivor-3", True, REASON_4, "event-wf-1")
+
+
+def test_progress_between_takeovers_starts_the_count_again(stores: list[SqlEventStore]) -> None:
+    engine = FakeEngine()
+    ledger = TakeoverLedger(stores[0], "survivor", 2)
+    engine.died("w1", 1, steps=1)
+    assert hand_over("w1", "1", ledger, engine).resumed == ("wf-1",)
+    engine.died("w2", 2, steps=1)
+    assert hand_over("w2", "1", ledger, engine).resumed == ("wf-1",)
+    assert takeover_row(stores[1], "wf-1")[:2] == (2, 1)
+    # It completed a step before its next worker died: not the same crash again.
+    engine.died("w3", 3, steps=3)
+    assert hand_over("w3", "1", ledger, engine).resumed == ("wf-1",)
+    assert takeover_row(stores[1], "wf-1")[:2] == (1, 3)
+    engine.died("w4", 4, steps=3)
+    assert hand_over("w4", "1", ledger, engine).resumed == ("wf-1",)
+    engine.died("w5", 5, steps=3)
+    handover = hand_over("w5", "1", ledger, engine)
+    assert [a.takeovers for a in handover.abandoned] == [3]
+    assert engine.resumed == ["wf-1"] * 4
+    assert engine.cancelled == ["wf-1"]
+
+
+def test_a_redone_takeover_is_counted_once_and_other_versions_are_left(
+    stores: list[SqlEventStore],
+) -> None:
+    ledger = TakeoverLedger(stores[0], "survivor", 1)
+    # The first taker counted the takeover and died before it resumed anything.
+    assert ledger.admit("wf-1", "event-wf-1", 2, "w1@7") is None
+    engine = FakeEngine()
+    engine.died("w1", 7, steps=2)
+    engine.died("w1", 7, "wf-old", version="0")
+    handover = hand_over("w1", "1", TakeoverLedger(stores[1], "other", 1), engine)
+    assert handover == Handover(("wf-1",), 1)  # still the first takeover: within the limit
+    assert takeover_row(stores[2], "wf-1")[:4] == (1, 2, "w1@7", "other")
+    assert engine.pending("w1") == [engine.pending_by["w1"][0]]  # the old version's, untouched
+
+    # Past the limit, a redone takeover finds it abandoned already and cancels it again.
+    assert ledger.admit("wf-1", "event-wf-1", 2, "w2@8") is not None
+    again = ledger.admit("wf-1", "event-wf-1", 2, "w2@8")
+    assert again is not None and again.takeovers == 2
+    assert takeover_row(stores[2], "wf-1")[:5] == (2, 2, "w2@8", "survivor", True)
+    # Resumed by hand afterwards and its worker died: a new series.
+    assert ledger.admit("wf-1", "event-wf-1", 2, "w3@9") is None
+    assert takeover_row(stores[2], "wf-1")[:5] == (1, 2, "w3@9", "survivor", False)
+
+
+def test_an_abandoned_workflow_is_logged_and_audited_once(
+    stores: list[SqlEventStore], caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    gone = Abandoned("wf-9", "event-9", 4, REASON_4)
+
+    def take_over(_executor_id: str, _version: str) -> Handover:
+        return Handover(("wf-8",), 0, (gone,))
+
+    config = WorkflowSettings(executor_id="survivor", heartbeat_seconds=1.0,
+                              dead_after_seconds=4.0, application_version="1")
+    watch = WorkerWatch(stores[0], config, clock=clock, take_over=take_over)
+    watch.register()
+    victim = WorkerRegistry(stores[1], "victim", "1")
+    victim.register(LIVE_CLAIMS)
+    with caplog.at_level(logging.INFO, logger="factorflow.workflows.recovery"):
+        for _ in range(6):
+            tick(watch, clock)
+    records = [r for r in caplog.records if r.getMessage() == "workflows.abandoned"]
+    assert [r.levelno for r in records] == [logging.ERROR]
+    assert records[0].fields == {  # type: ignore[attr-defined]
+        "workflow_id": "wf-9", "event_uuid": "event-9", "takeovers": 4,
+        "dead_executor_id": "victim", "executor_id": "survivor", "reason": REASON_4,
+    }
+    rows = stores[2].read(
+        "SELECT kind, summary, actor, event_uuid, details FROM audit_log ORDER BY seq")
+    assert [row[0] for row in rows] == ["workflows.abandoned", "workflows.recovered"]
+    _, summary, actor, event_uuid, details = rows[0]
+    assert summary == f"workflow wf-9 abandoned by worker survivor: {REASON_4}"
+    assert (actor, event_uuid) == ("worker:survivor", "event-9")
+    assert orjson.loads(details)["takeovers"] == 4
+    assert orjson.loads(rows[1][4])["abandoned"] == 1
+
+    # The same takeover redone (its first taker died before finishing): audited once.
+    victim_row = victim.row("victim")
+    assert victim_row is not None
+    watch._abandoned(gone, victim_row)
+    assert stores[2].read("SELECT COUNT(*) FROM audit_log WHERE kind = 'workflows.abandoned'"
+                          )[0][0] == 1
+
+
+# A worker process for the end-to-end test: real DBOS on the given system database. "start"
+# enqueues the workflow and runs it; "take-over" hands over the dead executor's workflows (and
+# runs whatever it resumed). The workflow's second step kills the process running it. It is
+# registered under the name of factorflow's event workflow, so the takeover reads its event.
+POISON_WORKER = r"""
+import json, os, signal, sys, time
+from dbos import DBOS, SetWorkflowID
+from factorflow.store.factory import open_store
+from factorflow.workflows.recovery import TakeoverLedger, hand_over
+
+role, executor_id, system_url, store_url = sys.argv[1:5]
+
+@DBOS.step(name="test.fine")
+def fine(value):
+    return value
+
+@DBOS.step(name="test.deadly")
+def deadly(value):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@DBOS.workflow(name="factorflow.process_event")
+def poisoned(uuid):
+    fine(uuid)
+    deadly(uuid)
+    return "survived"
+
+DBOS(config={"name": "factorflow-test", "system_database_url": system_url,
+             "application_version": "1", "executor_id": executor_id,
+             "log_level": "WARNING"})
+DBOS.launch()
+DBOS.register_queue("poison-test", worker_concurrency=1, polling_interval_sec=0.1)
+if role == "start":
+    with SetWorkflowID("wf-poison"):
+        DBOS.enqueue_workflow("poison-test", poisoned, "event-poison")
+else:
+    store = open_store(store_url)
+    handover = hand_over(sys.argv[5], "1", TakeoverLedger(store, executor_id, 3))
+    print("HANDOVER " + json.dumps({
+        "resumed": list(handover.resumed), "other_versions": handover.other_versions,
+        "abandoned": [[a.workflow_id, a.event_uuid, a.takeovers] for a in handover.abandoned],
+    }), flush=True)
+    if not handover.resumed:
+        DBOS.destroy(workflow_completion_timeout_sec=5)
+        sys.exit(0)
+time.sleep(120)
+sys.exit(3)  # still alive: the workflow did not run here
+"""
+
+
+def run_poison_worker(workdir: Path, system_url: str, store_url: str, role: str,
+                      executor_id: str, dead: str = "") -> tuple[int, dict[str, object] | None]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORFLOW_")}
+    done = subprocess.run(
+        [sys.executable, "-c", POISON_WORKER, role, executor_id, system_url, store_url, dead],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("HANDOVER ")]
+    result = json.loads(lines[0].removeprefix("HANDOVER ")) if lines else None
+    assert done.returncode in (0, -signal.SIGKILL), (done.returncode, done.stderr[-2000:])
+    return done.returncode, result
+
+
+@pytest.mark.slow
+def test_real_workers_stop_resuming_a_workflow_that_kills_them(
+    store_url: str, tmp_path: Path,
+) -> None:
+    system_url = (f"sqlite:///{tmp_path / 'dbos.sqlite'}" if store_url.startswith("sqlite")
+                  else store_url)
+    code, _ = run_poison_worker(tmp_path, system_url, store_url, "start", "victim")
+    assert code == -signal.SIGKILL  # it ran the workflow and died of it
+    dead = "victim"
+    for i in range(1, 4):
+        code, handover = run_poison_worker(tmp_path, system_url, store_url, "take-over",
+                                           f"survivor-{i}", dead)
+        assert handover == {"resumed": ["wf-poison"], "other_versions": 0, "abandoned": []}
+        assert code == -signal.SIGKILL  # resumed it, ran it, and died of it too
+        dead = f"survivor-{i}"
+    code, handover = run_poison_worker(tmp_path, system_url, store_url, "take-over",
+                                       "survivor-4", dead)
+    assert code == 0
+    assert handover == {"resumed": [], "other_versions": 0,
+                        "abandoned": [["wf-poison", "event-poison", 4]]}
+
+    client = DBOSClient(system_database_url=system_url)
+    try:
+        (status,) = client.list_workflows(workflow_ids=["wf-poison"], load_input=False)
+        steps = client.list_workflow_steps("wf-poison")
+    finally:
+        client.destroy()
+    assert (status.status, status.executor_id) == ("CANCELLED", "survivor-3")
+    assert [step["function_name"] for step in steps] == ["test.fine"]
+    store = open_store(store_url)
+    try:
+        row = takeover_row(store, "wf-poison")
+    finally:
+        store.close()
+    assert row[:2] == (4, 1)
+    assert str(row[2]).startswith("survivor-3@")
+    assert row[3:] == ("survivor-4", True, REASON_4, "event-poison")
 
 
 # -- the metric -----------------------------------------------------------------------------
@@ -365,3 +647,26 @@ def test_dead_after_must_span_two_heartbeats(monkeypatch: pytest.MonkeyPatch) ->
     workflows = load_settings(None).workflows
     assert (workflows.heartbeat_seconds, workflows.dead_after_seconds,
             workflows.take_over_dead_workers) == (5.0, 10.0, True)
+
+
+def test_the_takeover_limit_is_configured_and_checked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FACTORFLOW_WORKFLOWS__MAX_TAKEOVERS_PER_WORKFLOW", "0")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None)
+    assert str(refused.value) == (
+        "invalid configuration:\n  workflows.max_takeovers_per_workflow: Input should be "
+        "greater than or equal to 1 (from environment variable "
+        "FACTORFLOW_WORKFLOWS__MAX_TAKEOVERS_PER_WORKFLOW)"
+    )
+
+    assert WorkflowSettings().max_takeovers_per_workflow == 3
+    monkeypatch.setenv("FACTORFLOW_WORKFLOWS__MAX_TAKEOVERS_PER_WORKFLOW", "5")
+    workflows = load_settings(None).workflows
+    store = open_store(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        watch = WorkerWatch(store, workflows)  # the takeover the engine uses: bounded at 5
+        assert (watch.ledger.limit, watch.ledger.executor_id) == (5, workflows.executor_id)
+    finally:
+        store.close()

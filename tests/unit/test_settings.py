@@ -171,6 +171,109 @@ def test_an_unknown_key_in_the_environment_names_the_variable(
 
 
 @pytest.mark.parametrize(
+    ("variable", "suggestion"),
+    [
+        ("FACTORFLOW_HOOK_SECRET", "FACTORFLOW_HOOK__SECRET"),  # one underscore
+        ("FACTORFLOW_HOOKS__SECRET", "FACTORFLOW_HOOK__SECRET"),  # an unknown section
+        ("FACTORFLOW_STORE_URL", "FACTORFLOW_STORE__URL"),
+        ("FACTORFLOW_UI_OIDC__ISSUER", "FACTORFLOW_UI__OIDC__ISSUER"),  # a nested section
+        ("FACTORFLOW_DATADIR", "FACTORFLOW_DATA_DIR"),
+    ],
+)
+def test_an_unknown_environment_variable_is_refused_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, variable: str, suggestion: str
+) -> None:
+    monkeypatch.setenv(variable, "value-that-must-not-show")
+    message = config_error(None)
+    assert message == (
+        f"unknown environment variable(s): {variable} (did you mean {suggestion}?) "
+        "(settings are FACTORFLOW_<SECTION>__<KEY>, with two underscores)"
+    )
+
+
+def test_unknown_variables_are_each_named_and_only_close_ones_get_a_suggestion(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FACTORFLOW_HOOK_SECRET", ENV_SECRET)
+    monkeypatch.setenv("FACTORFLOW_NOTHING_LIKE_IT", "1")
+    message = config_error(None)
+    assert message.startswith(
+        "unknown environment variable(s): FACTORFLOW_HOOK_SECRET (did you mean "
+        "FACTORFLOW_HOOK__SECRET?), FACTORFLOW_NOTHING_LIKE_IT (settings are ")
+    assert ENV_SECRET not in message
+
+
+@pytest.mark.parametrize(("variable", "value", "path"), [
+    ("FACTORFLOW_STORE__URL", "sqlite:///elsewhere.db", ("store", "url")),
+    ("FACTORFLOW_SERVER__PORT", "9123", ("server", "port")),
+    ("FACTORFLOW_UI__OIDC__CLIENT_ID", "client-0a", ("ui", "oidc", "client_id")),
+])
+def test_suggested_names_are_settings_the_loader_reads(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, path: tuple[str, ...]
+) -> None:
+    monkeypatch.setenv(variable.replace("__", "_"), value)
+    assert f"(did you mean {variable}?)" in config_error(None)
+    monkeypatch.delenv(variable.replace("__", "_"))
+    monkeypatch.setenv(variable, value)
+    found: object = load_settings(None)
+    for part in path:
+        found = getattr(found, part)
+    assert str(found) == value
+
+
+def test_a_section_check_names_the_variables_it_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTORFLOW_WORKFLOWS__HEARTBEAT_SECONDS", "100")
+    message = config_error(None)
+    assert message == (
+        "invalid configuration:\n"
+        "  workflows: Value error, dead_after_seconds must be at least twice heartbeat_seconds, "
+        "or a worker that misses one heartbeat is taken for dead "
+        "(from environment variable FACTORFLOW_WORKFLOWS__HEARTBEAT_SECONDS)"
+    )
+    assert "defaults" not in message
+
+
+def test_a_section_check_names_the_file_and_the_variables_when_both_set_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path, "[workflows]\nheartbeat_seconds = 50\n")
+    monkeypatch.setenv("FACTORFLOW_WORKFLOWS__DEAD_AFTER_SECONDS", "60")
+    message = config_error(config)
+    assert message.endswith(
+        "(from environment variable FACTORFLOW_WORKFLOWS__DEAD_AFTER_SECONDS and "
+        f"{config})")
+
+
+def test_a_section_check_names_the_file_when_only_the_file_set_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[workflows]\nheartbeat_seconds = 50\n")
+    message = config_error(config)
+    assert message.startswith("invalid configuration:\n  workflows: Value error, ")
+    assert message.endswith(f"(from {config})")
+
+
+def test_a_missing_key_is_blamed_on_what_set_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FACTORFLOW_OKTA__API_TOKEN", ENV_SECRET)
+    message = config_error(None)
+    assert message == (
+        "invalid configuration:\n  okta.org_url: Field required "
+        "(from environment variable FACTORFLOW_OKTA__API_TOKEN)")
+    monkeypatch.delenv("FACTORFLOW_OKTA__API_TOKEN")
+    config = write_config(tmp_path, '[campaigns.mfa]\ndescription = "phishing-resistant"\n')
+    assert config_error(config) == (
+        "invalid configuration:\n  campaigns.mfa.population_group: Field required "
+        f"(from {config})")
+
+
+def test_a_check_across_sections_names_no_single_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTORFLOW_ORGS__A__HOOK__PATH", "/hooks/x")
+    monkeypatch.setenv("FACTORFLOW_ORGS__B__HOOK__PATH", "/hooks/x")
+    assert config_error(None) == (
+        "invalid configuration:\n  Value error, orgs 'a' and 'b' share the hook path /hooks/x")
+
+
+@pytest.mark.parametrize(
     ("toml", "key", "reason"),
     [
         ("[server]\nport = 0\n", "server.port", "greater than or equal to 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +29,18 @@ class DeadLetter:
     resolved_by: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try of one action, as the ledger keeps it: ``result`` is ``ok``, ``transient`` or
+    ``permanent``; ``outcome`` is the action's result to record (a success), or None."""
+
+    request: ActionRequest
+    attempt: int
+    result: str
+    detail: str
+    outcome: ActionOutcome | None = None
+
+
 class EventSource(Protocol):
     def event_json(self, uuid: str) -> tuple[dict[str, Any], str, str] | None:
         """(event, org, received_at) of a stored event."""
@@ -35,6 +48,10 @@ class EventSource(Protocol):
 
 
 class FactLedger(Protocol):
+    def transaction(self) -> AbstractContextManager[None]:
+        """The writes made inside (on this thread) commit together, or not at all."""
+        ...
+
     def save_fact(self, fact: Fact, status: str, reason: str | None) -> None: ...
 
     def claim_twin(self, user_id: str, published: str, family: str, uuid: str) -> str: ...
@@ -48,17 +65,25 @@ class FactLedger(Protocol):
         enrichment: dict[str, Any], decision: dict[str, Any],
     ) -> None: ...
 
+    def decision_snapshot(self, uuid: str, run_id: str) -> dict[str, Any] | None:
+        """The enrichment the decision of this run was recorded with, if it was."""
+        ...
+
     def suppress(
         self, rule_id: str, key: str, at: str, window_hours: float, uuid: str
     ) -> str | None: ...
 
 
 class ActionLedger(Protocol):
-    def result_of(self, idempotency_key: str) -> ActionOutcome | None: ...
+    def transaction(self) -> AbstractContextManager[None]: ...
 
-    def record_attempt(
-        self, request: ActionRequest, uuid: str, attempt: int, result: str, detail: str
-    ) -> None: ...
+    def results_of(self, idempotency_keys: Sequence[str]) -> dict[str, ActionOutcome]:
+        """The recorded outcome of each key that has one."""
+        ...
+
+    def record_attempts(self, uuid: str, records: Sequence[AttemptRecord]) -> None:
+        """Each try and, where it succeeded, its result: one transaction for all of them."""
+        ...
 
     def record_result(
         self, request: ActionRequest, uuid: str, outcome: ActionOutcome

@@ -5,6 +5,12 @@ result, so after a crash it is either re-run as a whole or not at all. Facts are
 stored raw event (``to_fact`` is deterministic), so nothing but small JSON crosses the step
 boundaries; a stored event never changes, so the steps of one event share one rebuilt fact
 through a small in-memory cache instead of each reading and normalising the event again.
+
+The common case takes two steps: :meth:`Pipeline.evaluate` (prepare, enrich and decide) and
+:meth:`Pipeline.attempt_in_order` (the first attempt of each action, in order). The separate
+steps (:meth:`prepare`, :meth:`enrich`, :meth:`decide`, :meth:`attempt`) are what the workflow
+falls back to when enrichment or an action fails and has to be retried. The writes of one
+decision, and the attempt and result of one action, are each one store transaction.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from factorflow.okta.payloads import format_utc
 from factorflow.okta.translate import to_fact
 from factorflow.pipeline.ports import (
     ActionLedger,
+    AttemptRecord,
     Decide,
     Enricher,
     EventSource,
@@ -118,25 +125,68 @@ class Pipeline:
 
     # -- steps -----------------------------------------------------------------------------
 
+    def evaluate(self, uuid: str, run_id: str) -> dict[str, Any]:
+        """Prepare, enrich and decide in one go: ``{"status": "ready", "decided": True,
+        "requests": [...]}`` with the action requests to carry out; the result of
+        :meth:`prepare` when the event is filtered or missing; ``{"status": "ready",
+        "decided": False, "detail", "retry_after"}`` when enrichment failed transiently (nothing
+        is decided: the fact waits as ``pending`` for the workflow to retry :meth:`enrich`).
+
+        Run again for the same ``run_id`` (the step was interrupted after its commit), the
+        decision keeps the enrichment it was recorded with rather than looking the user up
+        again, so what is acted on is what the decision record says."""
+        try:
+            fact = self.fact_of(uuid)
+        except EventMissing as exc:
+            return {"status": MISSING, "reason": str(exc)}
+        reason = self._screen(fact)
+        if reason is not None:
+            self._save_filtered(fact, reason)
+            return {"status": FILTERED, "reason": reason}
+        self._log_prepared(fact, None)
+        snapshot = self.facts.decision_snapshot(uuid, run_id)
+        if snapshot is None:
+            try:
+                snapshot = self.enrich(uuid)
+            except TransientActionError as exc:
+                self.facts.save_fact(fact, "pending", None)
+                return {"status": READY, "reason": None, "decided": False,
+                        "detail": str(exc), "retry_after": exc.retry_after}
+        requests = self.decide(uuid, run_id, snapshot)
+        return {"status": READY, "reason": None, "decided": True, "requests": requests}
+
     def prepare(self, uuid: str) -> dict[str, Any]:
         """Normalise and screen; the fact is saved with its status either way."""
         try:
             fact = self.fact_of(uuid)
         except EventMissing as exc:
             return {"status": MISSING, "reason": str(exc)}
+        reason = self._screen(fact)
+        if reason is not None:
+            self._save_filtered(fact, reason)
+            return {"status": FILTERED, "reason": reason}
+        self.facts.save_fact(fact, "pending", None)
+        self._log_prepared(fact, None)
+        return {"status": READY, "reason": None}
+
+    def _screen(self, fact: Fact) -> str | None:
         reason = screen(fact, self.policy)
-        if reason is None:
-            reason = self._twin_reason(fact)
-        status = READY if reason is None else FILTERED
-        self.facts.save_fact(fact, "pending" if status == READY else FILTERED, reason)
+        return reason if reason is not None else self._twin_reason(fact)
+
+    def _save_filtered(self, fact: Fact, reason: str) -> None:
+        with self.facts.transaction():
+            self.facts.save_fact(fact, FILTERED, reason)
+            self.facts.record_decision(fact.uuid, "screen", FILTERED, reason, {},
+                                       {"filtered": reason})
+        self._log_prepared(fact, reason)
+
+    @staticmethod
+    def _log_prepared(fact: Fact, reason: str | None) -> None:
         log.info("pipeline.filtered" if reason else "pipeline.prepared", extra={"fields": {
-            "event_uuid": uuid, "org": fact.org, "kind": fact.kind.value,
+            "event_uuid": fact.uuid, "org": fact.org, "kind": fact.kind.value,
             "factor": fact.factor.type, "enrolled_by": fact.enrolled_by.value,
             "user_id": fact.user.id if fact.user else None, "reason": reason,
         }})
-        if reason is not None:
-            self.facts.record_decision(uuid, "screen", FILTERED, reason, {}, {"filtered": reason})
-        return {"status": status, "reason": reason}
 
     def _twin_reason(self, fact: Fact) -> str | None:
         family = twin_family(fact)
@@ -156,40 +206,44 @@ class Pipeline:
 
     def decide(self, uuid: str, run_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
         """Evaluate the rules, apply suppression windows, record the decision; return the
-        action requests to carry out."""
+        action requests to carry out. The decision's writes are one transaction."""
         fact = self.fact_of(uuid)
         enrichment = enrichment_from_dict(snapshot)
         decide = self.deciders_by_org.get(fact.org, self.decide_with)
         recent = []
-        if fact.user is not None and fact.user.id and fact.published_at:
+        user_id = fact.user.id if fact.user is not None else None
+        # Without a "within N hours" condition the rules never look at other events.
+        if decide.lookback_hours > 0 and user_id and fact.published_at:
             until = fact.published_at
             since = shift_hours(until, -decide.lookback_hours)
-            recent = self.facts.recent_events(fact.user.id, since, until, exclude=uuid)
+            recent = self.facts.recent_events(user_id, since, until, exclude=uuid)
         plan = decide(fact, enrichment, recent)
         suppressed: dict[str, str] = {}
-        for window in plan.suppressions:
-            holder = self.facts.suppress(
-                window.rule_id, window.key, fact.published_at or fact.received_at or "",
-                window.window_hours, uuid,
-            )
-            if holder is not None:
-                suppressed[window.rule_id] = holder
         to_run = []
-        for request in plan.actions:
-            holder = suppressed.get(request.rule_id)
-            if holder is None:
-                to_run.append(request_to_dict(request))
-                continue
-            self.actions.record_result(request, uuid, ActionOutcome(
-                OutcomeStatus.SUPPRESSED,
-                f"suppressed: rule {request.rule_id} already acted for {holder} in its window",
-                attempts=0,
-            ))
-        for request, error in plan.failed:
-            self.dead_letter(uuid, request_to_dict(request), error, 0)
-        record = {**plan.record, "suppressed": suppressed}
-        self.facts.record_decision(uuid, run_id, "decided", None, snapshot, record)
-        self.facts.save_fact(fact, "decided", None)
+        with self.facts.transaction():
+            for window in plan.suppressions:
+                holder = self.facts.suppress(
+                    window.rule_id, window.key, fact.published_at or fact.received_at or "",
+                    window.window_hours, uuid,
+                )
+                if holder is not None:
+                    suppressed[window.rule_id] = holder
+            for request in plan.actions:
+                holder = suppressed.get(request.rule_id)
+                if holder is None:
+                    to_run.append(request_to_dict(request))
+                    continue
+                self.actions.record_result(request, uuid, ActionOutcome(
+                    OutcomeStatus.SUPPRESSED,
+                    f"suppressed: rule {request.rule_id} already acted for {holder} in its "
+                    "window",
+                    attempts=0,
+                ))
+            for request, error in plan.failed:
+                self.dead_letter(uuid, request_to_dict(request), error, 0)
+            record = {**plan.record, "suppressed": suppressed}
+            self.facts.record_decision(uuid, run_id, "decided", None, snapshot, record)
+            self.facts.save_fact(fact, "decided", None)
         log.info("pipeline.decided", extra={"fields": {
             "event_uuid": uuid, "run_id": run_id, "org": fact.org,
             "matched": record.get("matched_rules"), "actions": len(to_run),
@@ -197,15 +251,48 @@ class Pipeline:
         }})
         return to_run
 
+    def attempt_in_order(
+        self, uuid: str, requests_data: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """The first attempt of each action, in order, stopping after the first one that
+        fails: one result per action tried (as :meth:`attempt` returns it), so the last one
+        is the failure, if any. Actions after a failure wait for it to be retried or
+        dead-lettered, as they would one step at a time. Each action's attempt and result
+        are recorded as soon as it has run; run again after a crash, the actions already
+        recorded as done are not tried again."""
+        requests = [request_from_dict(data) for data in requests_data]
+        previous = self.actions.results_of([r.idempotency_key for r in requests])
+        results: list[dict[str, Any]] = []
+        for request in requests:
+            result, record = self._attempt(
+                uuid, request, 1, previous.get(request.idempotency_key))
+            if record is not None:
+                self.actions.record_attempts(uuid, [record])
+            results.append(result)
+            if not result["ok"]:
+                break
+        return results
+
     def attempt(self, uuid: str, request_data: dict[str, Any], attempt: int) -> dict[str, Any]:
         """One try of one action; never raises for the action's own failures."""
         request = request_from_dict(request_data)
-        previous = self.actions.result_of(request.idempotency_key)
+        previous = self.actions.results_of([request.idempotency_key])
+        result, record = self._attempt(
+            uuid, request, attempt, previous.get(request.idempotency_key))
+        if record is not None:
+            self.actions.record_attempts(uuid, [record])
+        return result
+
+    def _attempt(
+        self, uuid: str, request: ActionRequest, attempt: int, previous: ActionOutcome | None
+    ) -> tuple[dict[str, Any], AttemptRecord | None]:
+        """(the result, what to record: None when the ledger already has it done)."""
         if previous is not None and previous.status in (
             OutcomeStatus.DONE, OutcomeStatus.ALREADY_DONE
         ):
             return AttemptResult(True, False, OutcomeStatus.ALREADY_DONE.value,
-                                 f"already done: {previous.detail}", previous.reference).to_dict()
+                                 f"already done: {previous.detail}",
+                                 previous.reference).to_dict(), None
         handler = self.handlers.get(request.kind)
         if handler is None:
             result = AttemptResult(False, False, "permanent",
@@ -213,18 +300,16 @@ class Pipeline:
         else:
             result = self._perform(handler, request, uuid)
         label = "ok" if result.ok else ("transient" if result.transient else "permanent")
-        self.actions.record_attempt(request, uuid, attempt, label, result.detail)
+        outcome = ActionOutcome(
+            OutcomeStatus(result.status), result.detail, result.reference, attempt
+        ) if result.ok else None
         log.log(logging.INFO if result.ok else logging.WARNING,
                 "action.done" if result.ok else "action.failed", extra={"fields": {
                     "event_uuid": uuid, "kind": request.kind, "rule_id": request.rule_id,
                     "action_id": request.action_id, "attempt": attempt, "result": label,
                     "status": result.status, "detail": result.detail[:300],
                 }})
-        if result.ok:
-            self.actions.record_result(request, uuid, ActionOutcome(
-                OutcomeStatus(result.status), result.detail, result.reference, attempt
-            ))
-        return result.to_dict()
+        return result.to_dict(), AttemptRecord(request, attempt, label, result.detail, outcome)
 
     def _perform(self, handler: Handler, request: ActionRequest, uuid: str) -> AttemptResult:
         try:
@@ -248,10 +333,11 @@ class Pipeline:
             "event_uuid": uuid, "kind": request.kind, "rule_id": request.rule_id,
             "action_id": request.action_id, "attempts": attempts, "reason": reason[:300],
         }})
-        self.actions.record_result(request, uuid, ActionOutcome(
-            OutcomeStatus.DEAD, reason, attempts=attempts
-        ))
-        return self.actions.dead_letter(request, uuid, reason, attempts)
+        with self.actions.transaction():
+            self.actions.record_result(request, uuid, ActionOutcome(
+                OutcomeStatus.DEAD, reason, attempts=attempts
+            ))
+            return self.actions.dead_letter(request, uuid, reason, attempts)
 
 
 def request_to_dict(request: ActionRequest) -> dict[str, Any]:

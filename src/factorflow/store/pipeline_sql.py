@@ -3,7 +3,9 @@ database, for both dialects."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,8 +14,8 @@ import orjson
 from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus, RecentEvent
 from factorflow.domain.facts import Fact
 from factorflow.okta.payloads import format_utc
-from factorflow.pipeline.ports import DeadLetter
-from factorflow.store.sql import SqlEventStore
+from factorflow.pipeline.ports import AttemptRecord, DeadLetter
+from factorflow.store.sql import Cursor, SqlEventStore
 
 _DEAD_LETTER_COLUMNS = (
     "id, idempotency_key, event_uuid, rule_id, action_id, kind, request, reason, attempts, "
@@ -29,6 +31,34 @@ class SqlPipelineLedger:
     def __init__(self, store: SqlEventStore, clock: Callable[[], str] = _now) -> None:
         self.store = store
         self._now = clock
+        self._local = threading.local()  # the transaction open on this thread, if any
+
+    # -- transactions ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The ledger writes made inside, on this thread, are one store transaction: they
+        commit together when the block ends, or roll back together if it raises. Nested
+        blocks join the outer one. Reads inside do not see its writes before the commit."""
+        if getattr(self._local, "cursor", None) is not None:
+            yield
+            return
+        with self.store.write() as cur:
+            self._local.cursor = cur
+            try:
+                yield
+            finally:
+                self._local.cursor = None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Cursor]:
+        """The open transaction's cursor, or a transaction of its own."""
+        cur: Cursor | None = getattr(self._local, "cursor", None)
+        if cur is not None:
+            yield cur
+            return
+        with self.store.write() as own:
+            yield own
 
     # -- hand-off from the event store to the workflow engine ----------------------------
 
@@ -37,6 +67,15 @@ class SqlPipelineLedger:
             "SELECT uuid FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT ?", (limit,)
         )
         return [row[0] for row in rows]
+
+    # (per-org workflow capacity: the relay enqueues each event under its org)
+    def undispatched_with_org(self, limit: int = 500) -> list[tuple[str, str]]:
+        """(uuid, org) of the events not yet handed to the workflow engine, oldest first."""
+        rows = self.store.read(
+            "SELECT uuid, org FROM events WHERE dispatched_at IS NULL ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [(row[0], row[1]) for row in rows]
 
     def mark_dispatched(self, uuids: list[str]) -> None:
         if not uuids:
@@ -82,7 +121,7 @@ class SqlPipelineLedger:
             fact.received_at, fact.delay_seconds, fact.outcome, status, reason,
             orjson.dumps(fact.to_dict()).decode(), self._now(),
         )
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO facts (uuid, org, kind, user_id, user_login, factor_type, strength, "
                 "enrolled_by, published_at, received_at, delay_seconds, outcome, status, "
@@ -95,7 +134,7 @@ class SqlPipelineLedger:
 
     def claim_twin(self, user_id: str, published: str, family: str, uuid: str) -> str:
         """The uuid that owns (user, timestamp, family): this one if it was first."""
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO twin_claims (user_id, published, family, event_uuid) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (user_id, published, family) DO NOTHING",
@@ -126,7 +165,7 @@ class SqlPipelineLedger:
         self, uuid: str, run_id: str, status: str, reason: str | None,
         enrichment: dict[str, Any], decision: dict[str, Any],
     ) -> None:
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO decisions (event_uuid, run_id, decided_at, status, reason, "
                 "enrichment, decision) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -134,6 +173,15 @@ class SqlPipelineLedger:
                 (uuid, run_id, self._now(), status, reason,
                  orjson.dumps(enrichment).decode(), orjson.dumps(decision).decode()),
             )
+
+    def decision_snapshot(self, uuid: str, run_id: str) -> dict[str, Any] | None:
+        rows = self.store.read(
+            "SELECT enrichment FROM decisions WHERE event_uuid = ? AND run_id = ?", (uuid, run_id)
+        )
+        if not rows:
+            return None
+        snapshot: dict[str, Any] = orjson.loads(rows[0][0])
+        return snapshot
 
     def decisions_of(self, uuid: str) -> list[dict[str, Any]]:
         rows = self.store.read(
@@ -152,7 +200,7 @@ class SqlPipelineLedger:
     ) -> str | None:
         """The uuid of the event that suppresses this one, or None (and this one now holds
         the window). A replay of the holder is never suppressed by itself."""
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "SELECT last_at, event_uuid FROM suppressions WHERE rule_id = ? AND key = ?",
                 (rule_id, key),
@@ -178,40 +226,66 @@ class SqlPipelineLedger:
 
     # -- actions ---------------------------------------------------------------------------
 
-    def result_of(self, idempotency_key: str) -> ActionOutcome | None:
+    def results_of(self, idempotency_keys: Sequence[str]) -> dict[str, ActionOutcome]:
+        """The recorded outcome of each key that has one (one query for all of them)."""
+        if not idempotency_keys:
+            return {}
         rows = self.store.read(
-            "SELECT status, detail, reference, attempts FROM action_results "
-            "WHERE idempotency_key = ?",
-            (idempotency_key,),
+            "SELECT idempotency_key, status, detail, reference, attempts FROM action_results "
+            f"WHERE idempotency_key IN ({', '.join('?' for _ in idempotency_keys)})",
+            tuple(idempotency_keys),
         )
-        if not rows:
-            return None
-        status, detail, reference, attempts = rows[0]
-        return ActionOutcome(OutcomeStatus(status), detail, reference, attempts)
+        return {
+            key: ActionOutcome(OutcomeStatus(status), detail, reference, attempts)
+            for key, status, detail, reference, attempts in rows
+        }
 
-    def record_attempt(
-        self, request: ActionRequest, uuid: str, attempt: int, result: str, detail: str
-    ) -> None:
-        with self.store.write() as cur:
+    def record_attempts(self, uuid: str, records: Sequence[AttemptRecord]) -> None:
+        """One multi-row statement for the attempts and one for the results (each action at
+        most once in ``records``), in one transaction."""
+        if not records:
+            return
+        now = self._now()
+        attempts = [
+            (r.request.idempotency_key, uuid, r.attempt, now, r.result, r.detail[:2000])
+            for r in records
+        ]
+        results = [(r.request, r.outcome) for r in records if r.outcome is not None]
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO action_attempts (idempotency_key, event_uuid, attempt, at, result, "
-                "detail) VALUES (?, ?, ?, ?, ?, ?)",
-                (request.idempotency_key, uuid, attempt, self._now(), result, detail[:2000]),
+                "detail) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(attempts)),
+                tuple(value for row in attempts for value in row),
             )
+            if results:
+                self._upsert_results(cur, uuid, results, now)
 
     def record_result(self, request: ActionRequest, uuid: str, outcome: ActionOutcome) -> None:
-        with self.store.write() as cur:
-            cur.execute(
-                "INSERT INTO action_results (idempotency_key, event_uuid, rule_id, action_id, "
-                "kind, status, detail, reference, attempts, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO UPDATE "
-                "SET status = excluded.status, detail = excluded.detail, "
-                "reference = excluded.reference, attempts = excluded.attempts, "
-                "updated_at = excluded.updated_at",
-                (request.idempotency_key, uuid, request.rule_id, request.action_id, request.kind,
-                 outcome.status.value, outcome.detail[:2000], outcome.reference,
-                 outcome.attempts, self._now()),
-            )
+        with self._write() as cur:
+            self._upsert_results(cur, uuid, [(request, outcome)], self._now())
+
+    @staticmethod
+    def _upsert_results(
+        cur: Cursor, uuid: str, results: Sequence[tuple[ActionRequest, ActionOutcome]], now: str
+    ) -> None:
+        cur.execute(
+            "INSERT INTO action_results (idempotency_key, event_uuid, rule_id, action_id, "
+            "kind, status, detail, reference, attempts, updated_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(results))
+            + " ON CONFLICT (idempotency_key) DO UPDATE "
+            "SET status = excluded.status, detail = excluded.detail, "
+            "reference = excluded.reference, attempts = excluded.attempts, "
+            "updated_at = excluded.updated_at",
+            tuple(
+                value
+                for request, outcome in results
+                for value in (
+                    request.idempotency_key, uuid, request.rule_id, request.action_id,
+                    request.kind, outcome.status.value, outcome.detail[:2000],
+                    outcome.reference, outcome.attempts, now,
+                )
+            ),
+        )
 
     def results_of_event(self, uuid: str) -> list[dict[str, Any]]:
         rows = self.store.read(
@@ -238,7 +312,7 @@ class SqlPipelineLedger:
             "rule_id": request.rule_id, "action_id": request.action_id, "kind": request.kind,
             "params": dict(request.params), "idempotency_key": request.idempotency_key,
         }).decode()
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO dead_letters (idempotency_key, event_uuid, rule_id, action_id, kind, "
                 "request, reason, attempts, created_at, status) "
@@ -279,7 +353,7 @@ class SqlPipelineLedger:
         was not in a state that allows it."""
         allowed = {"retrying": ("open",), "discarded": ("open",), "resolved": ("retrying",),
                    "open": ("retrying",)}[status]
-        with self.store.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "UPDATE dead_letters SET status = ?, resolved_at = ?, resolved_by = ?, "
                 "retries = retries + ? WHERE id = ? AND status IN (" +

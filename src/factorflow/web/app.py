@@ -49,9 +49,12 @@ class FactorflowApp:
         background: BackgroundService | None = None,
         extra_routes: Sequence[BaseRoute] = (),
         on_close: Sequence[Callable[[], None]] = (),
+        metrics_route: bool = True,
     ) -> None:
         self.store = store
         self._on_close = tuple(on_close)
+        # Run first when the server stops, before the store closes (a metrics port's server).
+        self.on_stopping: list[Callable[[], None]] = []
         self.background = background
         self.committer = committer
         self.metrics = metrics
@@ -61,7 +64,8 @@ class FactorflowApp:
             routes=[
                 Route("/healthz", self._healthz),
                 Route("/readyz", self._readyz),
-                Route("/metrics", self._metrics),
+                # /metrics here unless [metrics] on_main_port = false (then only on its port)
+                *([Route("/metrics", self._metrics)] if metrics_route else []),
                 Route("/openapi.json", self._openapi),
                 *extra_routes,  # the dashboard (/ui)
             ],
@@ -87,6 +91,8 @@ class FactorflowApp:
             yield
         finally:
             self.ready = False
+            for stop in self.on_stopping:
+                stop()
             # The server has stopped taking requests; commit what is queued, then close.
             await self.committer.close()
             if self.background is not None:
@@ -121,4 +127,7 @@ class FactorflowApp:
         ))
 
     async def _metrics(self, _request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # The store's gauges are read at scrape time: in a thread, never on the event loop
+        # that acknowledges Okta's deliveries.
+        body = await anyio.to_thread.run_sync(generate_latest, self.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -113,6 +113,7 @@ class HookEndpoint:
             ))
             return
         if len(challenge) > MAX_CHALLENGE_LENGTH:
+            self._metrics.rejected.labels(self.org, "bad_challenge").inc()
             await _respond(send, 400, _error("bad_challenge", "verification challenge too long"))
             return
         self._metrics.verifications.labels(self.org).inc()

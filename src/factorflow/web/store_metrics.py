@@ -4,7 +4,7 @@ database (several receivers and workers), not just this one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,13 +37,16 @@ class StoreCollector(Collector):
 
     def _collect(self) -> Iterator[GaugeMetricFamily]:
         since = format_utc(datetime.now(UTC) - timedelta(hours=24))
+        # What the hook delivered: the events the System Log reconciler brought in (and the
+        # failed-delivery records it reads) never came through the hook.
         last_day = GaugeMetricFamily(
             "factorflow_events_last_24h",
-            "Events received in the last 24 hours (Okta's cap: 400,000 per org, warning at "
-            "280,000)", labels=["org"],
+            "Events the hook delivered in the last 24 hours (Okta's cap: 400,000 per org, "
+            "warning at 280,000)", labels=["org"],
         )
         for org, count in self._store.read(
-            "SELECT org, COUNT(*) FROM events WHERE received_at >= ? GROUP BY org", (since,)
+            "SELECT org, COUNT(*) FROM events WHERE received_at >= ? "
+            "AND provenance IN ('hook', 'both') GROUP BY org", (since,)
         ):
             last_day.add_metric([org], count)
         yield last_day
@@ -175,3 +178,26 @@ class OktaRateLimitCollector(Collector):
                 limit.add_metric([org, bucket], snapshot.limit)
         yield remaining
         yield limit
+
+
+class WorkflowStateCollector(Collector):
+    """factorflow's workflows by org and state, read from the workflow database at scrape
+    time (every worker's, not only this process's): ``enqueued`` (waiting for a slot),
+    ``running`` (in a worker, including those waiting to retry an action or an
+    enrichment), ``failed`` and ``cancelled`` (ended without a result)."""
+
+    def __init__(self, counts: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "factorflow_workflows", "Workflows by org and state, from the workflow database",
+            labels=["org", "state"],
+        )
+        try:
+            for org, state, count in self._counts():
+                family.add_metric([org, state], count)
+        except Exception as exc:  # the workflow database is unreachable: say so, keep the rest
+            log.warning("metrics.workflows_unavailable",
+                        extra={"fields": {"error": type(exc).__name__}})
+        yield family

@@ -4,6 +4,13 @@ The relay is what makes the hand-off crash-safe: events are committed by the rec
 ``dispatched_at`` unset; the relay enqueues a workflow whose id is the event uuid, and only then
 marks the event dispatched. A crash in between re-enqueues the same id after the restart, and
 DBOS returns the existing workflow instead of starting a second one.
+
+Workflows wait on one queue partitioned by org (:data:`ORG_QUEUE`, the org is the partition
+key): a worker runs at most ``workflows.org_concurrency`` workflows of one org at once, so an
+org whose Okta API is rate-limited or whose connector hangs holds only its own share of the
+worker's slots and the other orgs keep moving. The unpartitioned queue of earlier versions
+(``process.QUEUE``), where it exists, is still served, for workflows enqueued before the
+upgrade.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from dbos import DBOS, DBOSConfig, SetWorkflowID
+from dbos import DBOS, DBOSConfig, SetEnqueueOptions, SetWorkflowID
 
 from factorflow.pipeline.process import Pipeline
 from factorflow.settings import Settings
@@ -24,6 +31,18 @@ from factorflow.workflows.recovery import WorkerWatch
 from factorflow.workflows.retry import RetryPolicies
 
 log = logging.getLogger(__name__)
+
+# Every workflow is enqueued here with its event's org as the partition key (DBOS requires a
+# key on every enqueue of a partitioned queue: the relay, replays and dead-letter retries).
+ORG_QUEUE = "factorflow-org-events"
+# Workflow states as the engine names them, and as /metrics shows them (finished ones only if
+# they ended without a result: successes are far too many to count at every scrape).
+WORKFLOW_STATES = {
+    "ENQUEUED": "enqueued", "PENDING": "running",
+    "ERROR": "failed", "MAX_RECOVERY_ATTEMPTS_EXCEEDED": "failed", "CANCELLED": "cancelled",
+}
+UNPARTITIONED = "-"  # the org label of workflows on the old, unpartitioned queue
+LEGACY_POLLING_SECONDS = 1.0
 
 
 class Closeable(Protocol):
@@ -85,15 +104,26 @@ class WorkflowEngine:
         DBOS(config=config)
         DBOS.launch()
         self._launched = True
+        org_share = workflows.org_share(len(self.settings.org_list()))
         DBOS.register_queue(
-            process.QUEUE,
+            ORG_QUEUE,
             worker_concurrency=workflows.worker_concurrency,
+            partition_worker_concurrency=org_share,
             polling_interval_sec=workflows.queue_polling_seconds,
         )
+        if DBOS.retrieve_queue(process.QUEUE) is not None:
+            # An earlier version's unpartitioned queue: still served (the engine serves every
+            # queue in its database), for what was left on it; looked at once a second.
+            DBOS.register_queue(
+                process.QUEUE,
+                worker_concurrency=workflows.worker_concurrency,
+                polling_interval_sec=max(workflows.queue_polling_seconds, LEGACY_POLLING_SECONDS),
+            )
         self.watch.start()  # heartbeat, and takeover of dead workers' workflows
         log.info("workflows.started", extra={"fields": {
             "executor_id": workflows.executor_id,
             "application_version": workflows.application_version,
+            "worker_concurrency": workflows.worker_concurrency, "org_concurrency": org_share,
         }})
         if relay:
             self._stop.clear()
@@ -137,13 +167,43 @@ class WorkflowEngine:
     # -- hand-off --------------------------------------------------------------------------
 
     def relay_once(self, limit: int = 500) -> int:
-        uuids = self.ledger.undispatched(limit)
-        for uuid in uuids:
-            with SetWorkflowID(uuid):
-                DBOS.enqueue_workflow(process.QUEUE, process.process_event, uuid)
+        pending = self.ledger.undispatched_with_org(limit)
+        for uuid, org in pending:
+            with SetWorkflowID(uuid), SetEnqueueOptions(queue_partition_key=org):
+                DBOS.enqueue_workflow(ORG_QUEUE, process.process_event, uuid)
+        uuids = [uuid for uuid, _org in pending]
         self.ledger.mark_dispatched(uuids)
         self.relayed += len(uuids)
         return len(uuids)
+
+    def workflow_counts(self) -> list[tuple[str, str, int]]:
+        """(org, state, count) of factorflow's workflows: those not finished (``enqueued``,
+        ``running``) and those that ended without a result (``failed``,
+        ``cancelled``; kept until the workflow database is pruned), read from the workflow
+        database, across every worker. Empty before the engine has started."""
+        if not self._launched:
+            return []
+        # DBOS has no counting API (listing would load every row): one GROUP BY on its
+        # workflow table, through its own connection pool. Private names: pinned dbos < 4.
+        from dbos._dbos import _get_dbos_instance
+        from sqlalchemy import func, select
+
+        system = _get_dbos_instance()._sys_db
+        status = system.tables.workflow_status
+        query = (
+            select(status.c.queue_partition_key, status.c.status, func.count())
+            .where(status.c.status.in_(list(WORKFLOW_STATES)))
+            # factorflow's own workflows (a cancelled one no longer names its queue)
+            .where(status.c.name.like("factorflow.%"))
+            .group_by(status.c.queue_partition_key, status.c.status)
+        )
+        with system.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        counts: dict[tuple[str, str], int] = {}
+        for org, state, count in rows:
+            key = (org or UNPARTITIONED, WORKFLOW_STATES[state])
+            counts[key] = counts.get(key, 0) + int(count)
+        return [(org, state, count) for (org, state), count in sorted(counts.items())]
 
     def _relay_loop(self) -> None:
         interval = self.settings.workflows.relay_interval_seconds

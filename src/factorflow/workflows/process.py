@@ -4,6 +4,15 @@ until :func:`factorflow.workflows.engine.WorkflowEngine.start` installs a pipeli
 Workflow ids: ``<event uuid>`` for the first run of an event (so a second hand-off of the same
 event is de-duplicated by the engine), ``replay-<uuid>-<stamp>`` for replays and
 ``dlq-<id>-<n>`` for dead-letter retries.
+
+Each step costs the engine two transactions on its system database, so an event takes as few
+steps as its outcome allows: ``evaluate`` (prepare, enrich and decide) and ``act_in_order`` (the
+first attempt of each action, in order) when everything succeeds at once. Only what fails
+takes steps of its own: enrichment that failed transiently is retried as ``enrich`` steps
+(with durable sleeps in between) followed by ``decide``; an action that failed is retried as
+``act`` steps or dead-lettered, and the actions after it go on in a new ``act_in_order``.
+Changing these steps changes what the engine replays for a workflow in flight: such a release
+changes ``workflows.application_version`` (see the operations guide).
 """
 
 from __future__ import annotations
@@ -59,9 +68,9 @@ def _retries() -> RetryPolicies:
     return _Installed.retries
 
 
-@_step("factorflow.prepare")
-def prepare_step(uuid: str) -> dict[str, Any]:
-    return _pipeline().prepare(uuid)
+@_step("factorflow.evaluate")
+def evaluate_step(uuid: str, run_id: str) -> dict[str, Any]:
+    return _pipeline().evaluate(uuid, run_id)
 
 
 @_step("factorflow.enrich")
@@ -75,6 +84,11 @@ def enrich_step(uuid: str) -> dict[str, Any]:
 @_step("factorflow.decide")
 def decide_step(uuid: str, run_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
     return _pipeline().decide(uuid, run_id, snapshot)
+
+
+@_step("factorflow.act_in_order")
+def act_in_order_step(uuid: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return _pipeline().attempt_in_order(uuid, requests)
 
 
 @_step("factorflow.act")
@@ -94,39 +108,62 @@ def resolve_step(dead_letter_id: int, status: str, by: str) -> bool:
 
 @DBOS.workflow(name="factorflow.process_event")
 def process_event(uuid: str) -> dict[str, Any]:
-    prepared = prepare_step(uuid)
-    if prepared["status"] != READY:
-        return prepared
-    snapshot = _enrichment(uuid)
-    if snapshot is None:
-        return {"status": "enrichment_failed", "reason": "enrichment kept failing"}
-    requests = decide_step(uuid, DBOS.workflow_id or uuid, snapshot)
-    outcomes = [carry_out(uuid, request) for request in requests]
-    return {"status": "done", "actions": outcomes}
+    run_id = DBOS.workflow_id or uuid
+    evaluated = evaluate_step(uuid, run_id)
+    if evaluated["status"] != READY:
+        return {"status": evaluated["status"], "reason": evaluated["reason"]}
+    if evaluated["decided"]:
+        requests: list[dict[str, Any]] = evaluated["requests"]
+    else:
+        snapshot = _enrichment(uuid, evaluated)
+        if snapshot is None:
+            return {"status": "enrichment_failed", "reason": "enrichment kept failing"}
+        requests = decide_step(uuid, run_id, snapshot)
+    return {"status": "done", "actions": carry_out_all(uuid, requests)}
 
 
-def _enrichment(uuid: str) -> dict[str, Any] | None:
+def _enrichment(uuid: str, first: dict[str, Any]) -> dict[str, Any] | None:
     """Wait and retry while the directory or Okta is unavailable: never decide on missing
-    data. After the attempts run out the workflow ends without a decision (visible as
-    ``enrichment_failed``) and can be replayed."""
+    data. ``first`` is the failed first attempt (made by ``evaluate``). After the attempts run
+    out the workflow ends without a decision (visible as ``enrichment_failed``) and can be
+    replayed."""
     policy = _retries().for_kind("enrichment")
-    for attempt in range(1, policy.max_attempts + 1):
+    result = first
+    for attempt in range(2, policy.max_attempts + 1):
+        DBOS.sleep(policy.delay(attempt - 1, f"enrich:{uuid}", result.get("retry_after")))
         result = enrich_step(uuid)
         if result["ok"]:
             snapshot: dict[str, Any] = result["snapshot"]
             return snapshot
-        if attempt < policy.max_attempts:
-            DBOS.sleep(policy.delay(attempt, f"enrich:{uuid}", result.get("retry_after")))
     return None
 
 
-def carry_out(uuid: str, request: dict[str, Any]) -> dict[str, Any]:
-    """Run one action with its kind's retry policy; dead-letter it when retries cannot help."""
+def carry_out_all(uuid: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every action of a decision, in order: first attempts together in one step, and each
+    action that fails there retried (or dead-lettered) before the ones after it run."""
+    outcomes: list[dict[str, Any]] = []
+    rest = requests
+    while rest:
+        results = act_in_order_step(uuid, rest)
+        if not results:  # it always tries the first one; never loop on nothing
+            raise FactorflowError(f"no action of event {uuid} was tried")
+        for request, result in zip(rest, results, strict=False):
+            outcomes.append(carry_out(uuid, request, first=result))
+        rest = rest[len(results):]
+    return outcomes
+
+
+def carry_out(
+    uuid: str, request: dict[str, Any], first: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run one action with its kind's retry policy; dead-letter it when retries cannot help.
+    ``first``: the result of its first attempt, if that was already made."""
     policy = _retries().for_kind(request["kind"])
     attempt = 0
     while True:
         attempt += 1
-        result = act_step(uuid, request, attempt)
+        result = first if attempt == 1 and first is not None else act_step(
+            uuid, request, attempt)
         if result["ok"]:
             return {**result, "attempts": attempt, "action_id": request["action_id"],
                     "rule_id": request["rule_id"]}

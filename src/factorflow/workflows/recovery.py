@@ -16,6 +16,14 @@ under another name), the work would stay stuck. So each worker
 A worker that starts under an executor id whose takeover is in progress waits for it to end,
 so a takeover never hands out a workflow that its restarted owner is already running.
 
+A workflow that kills every worker it runs on (a poison event, a step that exhausts memory)
+would hop from survivor to survivor forever: ``DBOS.resume_workflow`` resets the engine's own
+count of recovery attempts. So each takeover of a workflow is counted in the store
+(``workflow_takeovers``); the count starts again whenever the workflow completed a step since
+its last takeover. Past ``max_takeovers_per_workflow`` takeovers in a row the workflow is
+cancelled instead of resumed and recorded as abandoned, with the reason: the log line
+``workflows.abandoned`` and an audit row of that kind, for the workflow's event.
+
 Delivery is at least once: a worker taken for dead while it was only cut off from the store
 may finish the step it was in, and the survivor runs that step again. DBOS fences the old run
 at its next checkpoint; the idempotency keys of the actions keep their effects single.
@@ -28,9 +36,10 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from dbos import DBOS
 
@@ -43,6 +52,7 @@ from factorflow.store.sql import SqlEventStore
 log = logging.getLogger(__name__)
 
 AUDIT_KIND = "workflows.recovered"
+ABANDONED_KIND = "workflows.abandoned"
 _SELECT = (
     "SELECT executor_id, application_version, host, pid, started_at, heartbeat_at, beat, "
     "stopped_at, claimed_by, claimed_at, recovered_at, recovered_workflows FROM workers"
@@ -67,11 +77,22 @@ class WorkerRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A workflow that a takeover cancelled instead of resuming."""
+
+    workflow_id: str
+    event_uuid: str | None
+    takeovers: int  # its workers died this many times in a row without it completing a step
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Handover:
     """What a takeover found under the dead worker's executor id."""
 
     resumed: tuple[str, ...]  # PENDING workflows of this version, now back on their queue
     other_versions: int  # PENDING workflows of another version: left for a worker of that one
+    abandoned: tuple[Abandoned, ...] = ()  # cancelled: taken over too often without progress
 
 
 def _now() -> str:
@@ -182,24 +203,151 @@ class WorkerRegistry:
             )
 
 
-def hand_over(executor_id: str, application_version: str) -> Handover:
+class TakeoverLedger:
+    """``workflow_takeovers``: how often each workflow was taken over in a row without
+    completing a step, and the workflows abandoned for it."""
+
+    def __init__(self, store: SqlEventStore, executor_id: str, limit: int,
+                 *, clock: Callable[[], str] = _now) -> None:
+        self.store = store
+        self.executor_id = executor_id
+        self.limit = limit
+        self._now = clock
+
+    def admit(self, workflow_id: str, event_uuid: str | None, steps: int,
+              taken_from: str) -> Abandoned | None:
+        """Count one takeover of ``workflow_id`` (``steps`` completed steps; ``taken_from``
+        names the run that died). None: resume it. Else it passed the limit and is recorded
+        as abandoned: cancel it."""
+        with self.store.write() as cur:
+            cur.execute(
+                "SELECT takeovers, steps, taken_from, abandoned_at, reason "
+                "FROM workflow_takeovers WHERE workflow_id = ?",
+                (workflow_id,),
+            )
+            row = cur.fetchone()
+            if row is not None and row[2] == taken_from:
+                # This takeover again (the one who began it died): counted already.
+                count = int(row[0])
+                if row[3] is not None:
+                    return Abandoned(workflow_id, event_uuid, count, str(row[4]))
+            elif row is None or row[3] is not None or steps > int(row[1]):
+                # Its first takeover, or it was resumed by hand after it was abandoned, or it
+                # completed a step since its last takeover: a new series.
+                count = 1
+            else:
+                count = int(row[0]) + 1
+            abandoned = count > self.limit
+            reason = (
+                f"its worker died {count} times in a row while running it, without it "
+                f"completing a step (at most {self.limit} takeovers): it may be what kills "
+                "its workers" if abandoned else None
+            )
+            now = self._now()
+            cur.execute(
+                "INSERT INTO workflow_takeovers (workflow_id, event_uuid, takeovers, steps, "
+                "taken_from, taken_by, updated_at, abandoned_at, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow_id) DO UPDATE SET "
+                "event_uuid = excluded.event_uuid, takeovers = excluded.takeovers, "
+                "steps = excluded.steps, taken_from = excluded.taken_from, "
+                "taken_by = excluded.taken_by, updated_at = excluded.updated_at, "
+                "abandoned_at = excluded.abandoned_at, reason = excluded.reason",
+                (workflow_id, event_uuid, count, steps, taken_from, self.executor_id, now,
+                 now if abandoned else None, reason),
+            )
+        return Abandoned(workflow_id, event_uuid, count, reason) if reason else None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWorkflow:
+    """A PENDING workflow of a dead worker, as the takeover sees it."""
+
+    workflow_id: str
+    app_version: str | None
+    queue_name: str | None
+    taken_from: str  # the run that died: executor id and when it dequeued the workflow
+    event_uuid: str | None
+
+
+class WorkflowControl(Protocol):
+    """The workflow engine's side of a takeover."""
+
+    def pending(self, executor_id: str) -> Sequence[PendingWorkflow]: ...
+
+    def completed_steps(self, workflow_id: str) -> int: ...
+
+    def resume(self, workflow_id: str, queue_name: str | None) -> None: ...
+
+    def cancel(self, workflow_id: str) -> None: ...
+
+
+# The argument that names the event, per workflow (see workflows/process.py).
+_EVENT_ARGUMENT = {"factorflow.process_event": 0, "factorflow.retry_dead_letter": 1}
+
+
+def _event_uuid(name: str, inputs: Any) -> str | None:
+    position = _EVENT_ARGUMENT.get(name)
+    args = inputs.get("args") if isinstance(inputs, dict) else None
+    if position is None or not isinstance(args, list | tuple) or len(args) <= position:
+        return None
+    value = args[position]
+    return value if isinstance(value, str) else None
+
+
+class DbosControl:
+    """:class:`WorkflowControl` on the running DBOS instance."""
+
+    def pending(self, executor_id: str) -> Sequence[PendingWorkflow]:
+        return [
+            PendingWorkflow(
+                w.workflow_id, w.app_version, w.queue_name,
+                f"{executor_id}@{w.dequeued_at or w.created_at}", _event_uuid(w.name, w.input),
+            )
+            for w in DBOS.list_workflows(status="PENDING", executor_id=executor_id,
+                                         load_input=True, load_output=False)
+        ]
+
+    def completed_steps(self, workflow_id: str) -> int:
+        return len(DBOS.list_workflow_steps(workflow_id, load_output=False))
+
+    def resume(self, workflow_id: str, queue_name: str | None) -> None:
+        DBOS.resume_workflow(workflow_id, queue_name=queue_name)
+
+    def cancel(self, workflow_id: str) -> None:
+        DBOS.cancel_workflow(workflow_id)
+
+
+def hand_over(executor_id: str, application_version: str,
+              ledger: TakeoverLedger | None = None,
+              control: WorkflowControl | None = None) -> Handover:
     """Put the PENDING workflows of ``executor_id`` back on their queues, for any live worker.
 
     ``DBOS.resume_workflow`` sets a workflow that is not finished to ENQUEUED on the given
     queue, whoever owned it; the queue's atomic ENQUEUED -> PENDING claim then admits exactly
     one runner, which resumes from the last checkpointed step. A worker dequeues only workflows
     of its own application version, so workflows of another version are left alone (and
-    counted). ENQUEUED workflows need nothing: any worker dequeues them.
+    counted). ENQUEUED workflows need nothing: any worker dequeues them. With a ``ledger``, a
+    workflow taken over too often without progress is cancelled instead (see
+    :class:`TakeoverLedger`).
     """
-    pending = DBOS.list_workflows(status="PENDING", executor_id=executor_id,
-                                  load_input=False, load_output=False)
-    resumed = []
+    engine = control or DbosControl()
+    pending = engine.pending(executor_id)
+    resumed, abandoned = [], []
     for workflow in pending:
         if workflow.app_version != application_version:
             continue
-        DBOS.resume_workflow(workflow.workflow_id, queue_name=workflow.queue_name)
+        if ledger is not None:
+            verdict = ledger.admit(workflow.workflow_id, workflow.event_uuid,
+                                   engine.completed_steps(workflow.workflow_id),
+                                   workflow.taken_from)
+            if verdict is not None:
+                engine.cancel(workflow.workflow_id)
+                abandoned.append(verdict)
+                continue
+        engine.resume(workflow.workflow_id, workflow.queue_name)
         resumed.append(workflow.workflow_id)
-    return Handover(tuple(resumed), len(pending) - len(resumed))
+    return Handover(tuple(resumed), len(pending) - len(resumed) - len(abandoned),
+                    tuple(abandoned))
 
 
 class WorkerWatch:
@@ -208,10 +356,15 @@ class WorkerWatch:
 
     def __init__(self, store: SqlEventStore, settings: WorkflowSettings, *,
                  clock: Callable[[], float] = time.monotonic,
-                 take_over: Callable[[str, str], Handover] = hand_over) -> None:
+                 take_over: Callable[[str, str], Handover] | None = None) -> None:
         self.registry = WorkerRegistry(store, settings.executor_id, settings.application_version)
         self.store = store
-        self._hand_over = take_over  # the engine's side of a takeover
+        self.ledger = TakeoverLedger(store, settings.executor_id,
+                                     settings.max_takeovers_per_workflow)
+        # The engine's side of a takeover.
+        self._hand_over = take_over or (
+            lambda executor_id, version: hand_over(executor_id, version, self.ledger)
+        )
         self.heartbeat_seconds = settings.heartbeat_seconds
         self.dead_after_seconds = settings.dead_after_seconds
         # Heartbeats further apart than this (the process or the machine was paused, or the
@@ -367,9 +520,12 @@ class WorkerWatch:
             return
         self._seen.pop(row.executor_id, None)
         self.recovered += len(handover.resumed)
+        for gone in handover.abandoned:
+            self._abandoned(gone, row)
         fields = {
             "dead_executor_id": row.executor_id, "executor_id": me,
             "workflows": len(handover.resumed), "other_versions": handover.other_versions,
+            "abandoned": len(handover.abandoned),
             "application_version": row.application_version, "host": row.host, "pid": row.pid,
             "last_heartbeat_at": row.heartbeat_at, "stopped": row.stopped_at is not None,
             "silent_seconds": round(silent_for, 1),
@@ -378,7 +534,8 @@ class WorkerWatch:
         # Should the store fail here, the claim stays unfinished: once it is abandoned, a
         # worker claims the row again and finds nothing left under that executor id.
         self.registry.finish(row.executor_id, len(handover.resumed))
-        if handover.resumed or handover.other_versions or row.stopped_at is None:
+        if (handover.resumed or handover.other_versions or handover.abandoned
+                or row.stopped_at is None):
             # A crash is on record even when it left nothing; a clean stop only if it did.
             record_audit(
                 self.store, AUDIT_KIND,
@@ -387,6 +544,23 @@ class WorkerWatch:
                 {**fields, "workflow_ids": list(handover.resumed[:_LISTED_IDS])},
                 f"worker:{me}",
             )
+
+    def _abandoned(self, gone: Abandoned, row: WorkerRow) -> None:
+        me = self.registry.executor_id
+        fields = {
+            "workflow_id": gone.workflow_id, "event_uuid": gone.event_uuid,
+            "takeovers": gone.takeovers, "dead_executor_id": row.executor_id,
+            "executor_id": me, "reason": gone.reason,
+        }
+        log.error(ABANDONED_KIND, extra={"fields": fields})
+        # Once per abandonment, should the takeover be redone after a crash of its taker.
+        record_audit(
+            self.store, ABANDONED_KIND,
+            f"workflow {gone.workflow_id} abandoned by worker {me}: {gone.reason}",
+            fields, f"worker:{me}", event_uuid=gone.event_uuid,
+            idempotency_key=f"{ABANDONED_KIND}:{gone.workflow_id}:{row.executor_id}:"
+                            f"{row.started_at}",
+        )
 
     def _claim_cutoff(self) -> str:
         """Claims made before this are abandoned (the claimant died during the takeover)."""
