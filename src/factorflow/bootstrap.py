@@ -36,11 +36,25 @@ def build_app(
     """
     orgs = settings.org_list()
     credentials = {org.name: resolve_credentials(settings, org=org) for org in orgs}
+    opened = store is None
     store = store or open_store(settings.store_url())
     from factorflow.web.ui.dashboard import build_ui
 
-    ui_routes, ui_close = build_ui(settings, store)  # the dashboard; ConfigError before the engine
-    engine = build_engine(settings, store) if worker else None
+    try:
+        # the dashboard; ConfigError before the engine
+        ui_routes, ui_close = build_ui(settings, store)
+    except BaseException:
+        if opened:  # a refused configuration leaves no connection behind
+            store.close()
+        raise
+    try:
+        engine = build_engine(settings, store) if worker else None
+    except BaseException:
+        for close in ui_close:
+            close()
+        if opened:
+            store.close()
+        raise
     committer = GroupCommitter(
         store, max_batch=settings.store.max_batch,
         on_new_events=engine.wake if engine is not None else None,

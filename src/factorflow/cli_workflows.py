@@ -35,8 +35,12 @@ def worker(config_path: Path | None) -> None:
                       user_hash_key=user_hash_key(settings))
     try:
         store = open_store(settings.store_url())
-        engine = build_engine(settings, store)
     except FactorflowError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        engine = build_engine(settings, store)
+    except FactorflowError as exc:  # bad rules, directory or connectors: nothing starts
+        store.close()
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
 
