@@ -2,17 +2,34 @@
 
 WAL with ``synchronous=FULL`` makes every commit durable (the WAL is fsynced) before ``record``
 returns; the group committer makes one such commit serve many deliveries.
+
+Checkpoints (copying the WAL back into the database file) are left to a background thread
+once the store takes deliveries: SQLite's automatic checkpoint runs inside the commit that
+crosses its threshold, and so delays every delivery waiting on that commit. The automatic
+checkpoint stays on, at a much higher threshold, as a safety net should the background one fall
+behind.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from factorflow.store.base import DeliveryOutcome, Receipt
 from factorflow.store.sql import SqlEventStore
+
+log = logging.getLogger(__name__)
+
+# With the background checkpointer running: how often it checkpoints, and the WAL size (in
+# pages) at which a commit checkpoints by itself anyway (SQLite's default is 1,000).
+CHECKPOINT_INTERVAL_SECONDS = 0.5
+SAFETY_AUTOCHECKPOINT_PAGES = 20_000
 
 
 class SqliteEventStore(SqlEventStore):
@@ -23,6 +40,7 @@ class SqliteEventStore(SqlEventStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._checkpointer: _Checkpointer | None = None
         super().__init__(self._open)
 
     def _open(self) -> sqlite3.Connection:
@@ -32,7 +50,27 @@ class SqliteEventStore(SqlEventStore):
         conn.execute("PRAGMA busy_timeout=30000")
         _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
+        if self._checkpointer is not None:
+            conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT_PAGES}")
         return conn
+
+    def record(self, receipts: Sequence[Receipt]) -> list[DeliveryOutcome]:
+        if self._checkpointer is None:  # a store that takes deliveries (not a CLI command)
+            self._start_checkpointer()
+        return super().record(receipts)
+
+    def close(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.stop()
+        super().close()
+
+    def _start_checkpointer(self) -> None:
+        with self._write_lock:
+            self._checkpointer = _Checkpointer(self.path, CHECKPOINT_INTERVAL_SECONDS)
+            if self._writer is not None:
+                self._writer.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT_PAGES}")
+        self._checkpointer.start()
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
@@ -69,6 +107,54 @@ class SqliteEventStore(SqlEventStore):
                 inserted.append(True)
         self._insert_rows(cur, _EVENT_INSERT, fresh)
         return inserted
+
+
+class _Checkpointer:
+    """Runs ``wal_checkpoint(PASSIVE)`` on a connection of its own every ``interval`` seconds.
+
+    PASSIVE never waits for readers or the writer: it copies what it can and leaves the rest for
+    the next round; SQLite starts the WAL over once a checkpoint has caught up. Failures are
+    logged once (the automatic checkpoint still bounds the WAL) and retried next round.
+    """
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self._path = path
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="factorflow-checkpoint", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        failing = False
+        while not self._stop.wait(self._interval):
+            try:
+                if conn is None:
+                    conn = sqlite3.connect(
+                        self._path, isolation_level=None, check_same_thread=False,
+                        timeout=1.0,
+                    )
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                failing = False
+            except sqlite3.Error as exc:
+                if not failing:
+                    log.warning("store.checkpoint_failed", extra={"fields": {
+                        "error": type(exc).__name__}})
+                failing = True
+                if conn is not None:
+                    conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
 
 
 _EVENT_INSERT = (

@@ -1,0 +1,75 @@
+"""SQLite: once a store takes deliveries, a background thread checkpoints the WAL (so commits
+on the hook's path do not), and closing the store stops it."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from tests.unit.test_group_commit import receipt
+
+from factorflow.store import sqlite as sqlite_store
+from factorflow.store.sqlite import SqliteEventStore
+
+# Guards against a hang only: the checkpointer runs every half second.
+WAIT_SECONDS = 30
+
+
+def events_in_database_file(path: Path) -> int:
+    """Events in the database file itself, ignoring the WAL (``immutable`` reads the file as
+    it is): what a checkpoint has copied back."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    except sqlite3.OperationalError as exc:  # the schema itself is still only in the WAL
+        assert "no such table" in str(exc)
+        return 0
+    finally:
+        conn.close()
+
+
+def checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "factorflow-checkpoint"]
+
+
+def test_deliveries_reach_the_database_file_without_a_checkpoint_in_the_commit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteEventStore(path)
+    store.migrate()
+    before = len(checkpointer_threads())
+    try:
+        # Far below the automatic checkpoint's threshold: only the background thread copies
+        # these pages into the database file.
+        outcomes = store.record([receipt(f"d-{i}", i) for i in range(40)])
+        assert [o.new for o in outcomes] == [1] * 40
+        assert len(checkpointer_threads()) == before + 1
+        writer = store._writer  # the commit path's connection
+        assert writer is not None
+        assert writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == (
+            sqlite_store.SAFETY_AUTOCHECKPOINT_PAGES
+        )
+        deadline = time.monotonic() + WAIT_SECONDS
+        while events_in_database_file(path) < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert events_in_database_file(path) == 40
+        assert store.counts() == {"events": 40, "deliveries": 40, "quarantined": 0}
+    finally:
+        store.close()
+    assert len(checkpointer_threads()) == before  # close() stopped it
+
+
+def test_a_store_that_takes_no_deliveries_runs_no_checkpointer(tmp_path: Path) -> None:
+    before = len(checkpointer_threads())
+    store = SqliteEventStore(tmp_path / "store.db")
+    store.migrate()
+    try:
+        with store.write() as cur:  # the pipeline's and the CLI's writes
+            cur.execute("SELECT 1")
+        assert store.counts()["events"] == 0
+        assert len(checkpointer_threads()) == before
+    finally:
+        store.close()
