@@ -200,12 +200,13 @@ class Server:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 20.0) -> None:
+        """``sig``, then SIGKILL if the process has not ended after ``timeout`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(sig)
         try:
-            self.proc.wait(timeout=20)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -218,7 +219,7 @@ class Server:
         return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
 
 
-def _clean_env() -> dict[str, str]:
+def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORFLOW_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -235,7 +236,7 @@ def make_servers(
     workdir: Path, store_url: str | None, worker: bool
 ) -> tuple[Server, Server, str]:
     data_dir = workdir / "data"
-    env = _clean_env()
+    env = clean_env()
     env.update({
         "FACTORFLOW_DATA_DIR": str(data_dir),
         "FACTORFLOW_HOOK__SECRET": SECRET,
@@ -248,7 +249,7 @@ def make_servers(
     ceiling_port, receiver_port = free_port(), free_port()
     ceiling = Server(
         "ceiling", [sys.executable, str(BARE_APP), "--host", HOST, "--port", str(ceiling_port)],
-        _clean_env(), ceiling_port, "/", workdir / "ceiling.log",
+        clean_env(), ceiling_port, "/", workdir / "ceiling.log",
     )
     receiver = Server(
         "receiver",
@@ -389,48 +390,70 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _open_loop(server: Server, template: bytes, rate: float, warmup: float,
-                     seconds: float, connections: int) -> LoadResult:
-    """Send at a fixed schedule; each latency runs from the scheduled send time to the answer,
-    so time a request spent waiting for a free connection counts too."""
+@dataclass
+class OpenLoop:
+    """One open-loop run over several receivers."""
+
+    sent: int
+    answered: int  # 2xx, warm-up included
+    window_answered: int
+    window_s: float
+    latency_ms: dict[str, float]
+    dispatch_lag_ms: dict[str, float]
+    errors: dict[str, int]
+    first_scheduled: float  # perf_counter of the first request's scheduled send time
+    acked_bodies: list[int] = field(default_factory=list)  # indexes answered with 2xx
+
+    @property
+    def rate(self) -> float:
+        return self.window_answered / self.window_s if self.window_s else 0.0
+
+
+async def open_loop(ports: list[int], body: Callable[[int], bytes], rate: float, total: int,
+                    measured_from: int, connections: int) -> OpenLoop:
+    """Send ``total`` requests on a fixed schedule (``rate`` per second), request i to receiver
+    i mod K, each over one of that receiver's keep-alive connections; each latency runs from
+    the request's scheduled send time to its answer, so time spent waiting for a free
+    connection counts too."""
     loop = asyncio.get_running_loop()
     clock = time.perf_counter  # uvloop's loop.time() has millisecond resolution
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await Connection.open(server.port))
-    maker = BodyMaker(template, new_run_id())
-    total = int(rate * (warmup + seconds))
-    measured_from = int(rate * warmup)
+    per_port = max(1, connections // len(ports))
+    idle: dict[int, asyncio.Queue[Connection]] = {}
+    for port in ports:
+        idle[port] = asyncio.Queue()
+        for _ in range(per_port):
+            idle[port].put_nowait(await Connection.open(port))
     latencies: list[float] = []
-    errors: dict[str, int] = {"status": 0, "timeout": 0, "connection": 0}
-    answered = 0
+    lag: list[float] = []
+    errors = {"status": 0, "timeout": 0, "connection": 0}
+    acked: list[int] = []
     window_answered = 0
     last_done = 0.0
-    dispatch_lag: list[float] = []
     start = clock() + 0.05
 
-    async def one(index: int, scheduled: float, body: bytes) -> None:
-        nonlocal answered, window_answered, last_done
-        conn = await idle.get()
+    async def one(index: int, scheduled: float, payload: bytes) -> None:
+        nonlocal window_answered, last_done
+        port = ports[index % len(ports)]
+        conn = await idle[port].get()
         try:
-            status, _headers = await asyncio.wait_for(conn.post(server.port, body), 10.0)
+            status, _ = await asyncio.wait_for(conn.post(port, payload), 10.0)
         except TimeoutError:
             errors["timeout"] += 1
             conn.close()
-            conn = await Connection.open(server.port)
+            conn = await Connection.open(port)
             return
         except (OSError, asyncio.IncompleteReadError, ValueError):
             errors["connection"] += 1
             conn.close()
-            conn = await Connection.open(server.port)
+            conn = await Connection.open(port)
             return
         finally:
-            idle.put_nowait(conn)
+            idle[port].put_nowait(conn)
         finished = clock()
         if not 200 <= status < 300:
             errors["status"] += 1
             return
-        answered += 1
+        acked.append(index)
         if index >= measured_from:
             window_answered += 1
             latencies.append((finished - scheduled) * 1000.0)
@@ -442,26 +465,39 @@ async def _open_loop(server: Server, template: bytes, rate: float, warmup: float
         now = clock()
         while index < total and start + index / rate <= now:
             scheduled = start + index / rate
-            dispatch_lag.append((now - scheduled) * 1000.0)
-            tasks.append(loop.create_task(one(index, scheduled, maker.next())))
+            lag.append((now - scheduled) * 1000.0)
+            tasks.append(loop.create_task(one(index, scheduled, body(index))))
             index += 1
         if index < total:
             await asyncio.sleep(max(0.0, start + index / rate - clock()))
     await asyncio.gather(*tasks)
-    while not idle.empty():
-        idle.get_nowait().close()
+    for queue in idle.values():
+        while not queue.empty():
+            queue.get_nowait().close()
     window_start = start + measured_from / rate
-    window = max(seconds, last_done - window_start)
-    events = template.count(MARKER) - 1
+    planned = (total - measured_from) / rate
+    return OpenLoop(
+        sent=total, answered=len(acked), window_answered=window_answered,
+        window_s=max(planned, last_done - window_start), latency_ms=_percentiles(latencies),
+        dispatch_lag_ms=_percentiles(lag), errors=errors, first_scheduled=start,
+        acked_bodies=acked,
+    )
+
+
+async def _open_loop(server: Server, template: bytes, rate: float, warmup: float,
+                     seconds: float, connections: int) -> LoadResult:
+    """:func:`open_loop` against one server, as a load result (its first ``warmup`` seconds
+    of requests not measured)."""
+    maker = BodyMaker(template, new_run_id())
+    total = int(rate * (warmup + seconds))
+    run = await open_loop([server.port], lambda _index: maker.next(), rate, total,
+                          int(rate * warmup), connections)
     return LoadResult(
-        server=server.name, events_per_delivery=events, phase="fixed",
-        generator="python-open-loop", duration_s=window, requests=window_answered,
-        sent=total, errors=errors, acknowledged=answered, latency_ms=_percentiles(latencies),
-        offered_rate=rate,
-        extra={
-            "generator_dispatch_lag_ms": _percentiles(dispatch_lag),
-            "connections": connections,
-        },
+        server=server.name, events_per_delivery=template.count(MARKER) - 1, phase="fixed",
+        generator="python-open-loop", duration_s=max(seconds, run.window_s),
+        requests=run.window_answered, sent=total, errors=run.errors, acknowledged=run.answered,
+        latency_ms=run.latency_ms, offered_rate=rate,
+        extra={"generator_dispatch_lag_ms": run.dispatch_lag_ms, "connections": connections},
     )
 
 
@@ -767,13 +803,25 @@ def render(summary: dict[str, Any], plan: Plan, meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _meta(store_url: str) -> dict[str, Any]:
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
+
+def write_result(result: dict[str, Any], output: Path | None, benchmark: str,
+                 started: datetime) -> None:
+    """The result as JSON to ``output``, by default a file named after the benchmark and its
+    start time in ``RESULTS_DIR``."""
+    if output is None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        output = RESULTS_DIR / f"{benchmark}-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nresult written to {output}")
+
+
+def _meta(store_url: str) -> dict[str, Any]:
     try:
         import uvloop  # noqa: F401
 
@@ -788,8 +836,8 @@ def _meta(store_url: str) -> dict[str, Any]:
         http = "h11"
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "uvicorn": version("uvicorn"),
-        "factorflow": version("factorflow"), "loop": loop, "http": http,
+        "platform": platform.platform(), "uvicorn": package_version("uvicorn"),
+        "factorflow": package_version("factorflow"), "loop": loop, "http": http,
         "store": store_url.split(":", 1)[0],
     }
 
@@ -897,12 +945,7 @@ def main(argv: list[str] | None = None) -> int:
         "store_checks": check.checks,
         "runs": [run.as_json() for run in runs],
     }
-    output = args.output
-    if output is None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        output = RESULTS_DIR / f"receiver-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nresult written to {output}")
+    write_result(result, args.output, "receiver", started)
     return 0
 
 

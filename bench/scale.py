@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -56,10 +55,10 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +74,23 @@ from receiver import (
     SECRET,
     BenchError,
     BodyMaker,
-    Connection,
     LoadResult,
     Server,
     StoreCheck,
     _closed_loop,
-    _percentiles,
+    clean_env,
     delivery_template,
     find_wrk,
     free_port,
     new_run_id,
+    open_loop,
+    package_version,
     receiver_command,
     run_async,
     run_wrk,
+    write_result,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
 RULE_ID = "every-enrollment"
 ACTIONS = ("audit", "notify", "report")
 EVENT_TYPE = "user.mfa.factor.activate"
@@ -246,12 +245,6 @@ class WorkerProc(Server):
         raise BenchError(f"{self.name} did not start in {timeout:.0f} s\n{self.log_tail()}")
 
 
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACTORFLOW_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @dataclass
 class Deployment:
     name: str  # "A" or "B"
@@ -288,20 +281,13 @@ class Deployment:
 
 def _stop_quickly(proc: Server) -> None:
     """SIGTERM, then SIGKILL after 15 s (the data is thrown away; a backlog may be left)."""
-    if proc.proc is None or proc.proc.poll() is not None:
-        return
-    proc.proc.send_signal(signal.SIGTERM)
-    try:
-        proc.proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.proc.kill()
-        proc.proc.wait()
+    proc.stop(signal.SIGTERM, timeout=15)
 
 
 def base_env(workdir: Path, webhook: WebhookTarget) -> dict[str, str]:
     rules = workdir / "rules.yaml"
     rules.write_text(RULES.format(rule=RULE_ID, url=webhook.url), encoding="utf-8")
-    env = _clean_env()
+    env = clean_env()
     env.update({
         "FACTORFLOW_DATA_DIR": str(workdir / "data"),
         "FACTORFLOW_HOOK__SECRET": SECRET,
@@ -465,100 +451,6 @@ class CpuMeter:
 
 
 # -- load ---------------------------------------------------------------------------------
-
-
-@dataclass
-class OpenLoop:
-    """One open-loop run over several receivers."""
-
-    sent: int
-    answered: int  # 2xx, warm-up included
-    window_answered: int
-    window_s: float
-    latency_ms: dict[str, float]
-    dispatch_lag_ms: dict[str, float]
-    errors: dict[str, int]
-    first_scheduled: float  # perf_counter of the first request's scheduled send time
-    acked_bodies: list[int] = field(default_factory=list)  # indexes answered with 2xx
-
-    @property
-    def rate(self) -> float:
-        return self.window_answered / self.window_s if self.window_s else 0.0
-
-
-async def open_loop(ports: list[int], body: Callable[[int], bytes], rate: float, total: int,
-                    measured_from: int, connections: int) -> OpenLoop:
-    """Send ``total`` requests on a fixed schedule (``rate`` per second), request i to receiver
-    i mod K, each over one of that receiver's keep-alive connections; each latency runs from
-    the request's scheduled send time to its answer, so time spent waiting for a free
-    connection counts too."""
-    loop = asyncio.get_running_loop()
-    clock = time.perf_counter
-    per_port = max(1, connections // len(ports))
-    idle: dict[int, asyncio.Queue[Connection]] = {}
-    for port in ports:
-        idle[port] = asyncio.Queue()
-        for _ in range(per_port):
-            idle[port].put_nowait(await Connection.open(port))
-    latencies: list[float] = []
-    lag: list[float] = []
-    errors = {"status": 0, "timeout": 0, "connection": 0}
-    acked: list[int] = []
-    window_answered = 0
-    last_done = 0.0
-    start = clock() + 0.05
-
-    async def one(index: int, scheduled: float, payload: bytes) -> None:
-        nonlocal window_answered, last_done
-        port = ports[index % len(ports)]
-        conn = await idle[port].get()
-        try:
-            status, _ = await asyncio.wait_for(conn.post(port, payload), 10.0)
-        except TimeoutError:
-            errors["timeout"] += 1
-            conn.close()
-            conn = await Connection.open(port)
-            return
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors["connection"] += 1
-            conn.close()
-            conn = await Connection.open(port)
-            return
-        finally:
-            idle[port].put_nowait(conn)
-        finished = clock()
-        if not 200 <= status < 300:
-            errors["status"] += 1
-            return
-        acked.append(index)
-        if index >= measured_from:
-            window_answered += 1
-            latencies.append((finished - scheduled) * 1000.0)
-            last_done = max(last_done, finished)
-
-    tasks: list[asyncio.Task[None]] = []
-    index = 0
-    while index < total:
-        now = clock()
-        while index < total and start + index / rate <= now:
-            scheduled = start + index / rate
-            lag.append((now - scheduled) * 1000.0)
-            tasks.append(loop.create_task(one(index, scheduled, body(index))))
-            index += 1
-        if index < total:
-            await asyncio.sleep(max(0.0, start + index / rate - clock()))
-    await asyncio.gather(*tasks)
-    for queue in idle.values():
-        while not queue.empty():
-            queue.get_nowait().close()
-    window_start = start + measured_from / rate
-    planned = (total - measured_from) / rate
-    return OpenLoop(
-        sent=total, answered=len(acked), window_answered=window_answered,
-        window_s=max(planned, last_done - window_start), latency_ms=_percentiles(latencies),
-        dispatch_lag_ms=_percentiles(lag), errors=errors, first_scheduled=start,
-        acked_bodies=acked,
-    )
 
 
 def _no_errors(errors: dict[str, int], what: str) -> None:
@@ -979,18 +871,12 @@ def render(results: dict[str, dict[str, Any]], summary: dict[str, Any],
 def _meta(args: argparse.Namespace, wrk: str | None) -> dict[str, Any]:
     from factorflow.settings import WorkflowSettings
 
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
     defaults = WorkflowSettings()
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "dbos": version("dbos"),
-        "factorflow": version("factorflow"), "psycopg": version("psycopg"),
-        "uvicorn": version("uvicorn"), "wrk": wrk is not None,
+        "platform": platform.platform(), "dbos": package_version("dbos"),
+        "factorflow": package_version("factorflow"), "psycopg": package_version("psycopg"),
+        "uvicorn": package_version("uvicorn"), "wrk": wrk is not None,
         "worker_concurrency": defaults.worker_concurrency,
         "queue_polling_seconds": defaults.queue_polling_seconds,
         "relay_interval_seconds": defaults.relay_interval_seconds,
@@ -1084,12 +970,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": {k: getattr(profile, k) for k in profile.__dataclass_fields__},
         "summary": summary, "deployments": results,
     }
-    output = args.output
-    if output is None:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        output = RESULTS_DIR / f"scale-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nresult written to {output}")
+    write_result(result, args.output, "scale", started)
     return 0
 
 

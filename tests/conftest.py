@@ -3,6 +3,7 @@ PostgreSQL database per test, and the published Okta corpus."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -48,9 +49,9 @@ def auth() -> dict[str, str]:
     return {"Authorization": SECRET, "Content-Type": "application/json"}
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards."""
     name = f"factorflow_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -60,6 +61,13 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 # -- the suite-wide secret watch ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from types import FrameType
@@ -195,13 +196,8 @@ def events_list(config_path: Path | None, limit: int, as_json: bool) -> None:
 
     from factorflow.okta.translate import to_fact
 
-    store = _open(config_path)
-    rows = store.recent_events(limit)
-    store.close()
-    if not rows:
-        click.echo("no events stored yet")
-        return
-    for row in rows:
+    for row in _listed(config_path, lambda store: store.recent_events(limit),
+                       "no events stored yet"):
         fact = to_fact(orjson.loads(row.raw), org=row.org, received_at=row.received_at)
         user, factor = fact.user_label, fact.factor.label
         if as_json:
@@ -220,13 +216,8 @@ def events_list(config_path: Path | None, limit: int, as_json: bool) -> None:
 @click.option("--raw", is_flag=True, help="Also print each entry's raw JSON.")
 def events_quarantine(config_path: Path | None, limit: int, raw: bool) -> None:
     """Events kept aside with the reason they could not be stored as events."""
-    store = _open(config_path)
-    rows = store.quarantine(limit)
-    store.close()
-    if not rows:
-        click.echo("quarantine is empty")
-        return
-    for row in rows:
+    for row in _listed(config_path, lambda store: store.quarantine(limit),
+                       "quarantine is empty"):
         click.echo(f"{row.received_at}  {row.reason_code:<16} uuid={row.uuid or '-'}  "
                    f"delivery={row.delivery_id or '-'}\n    {row.reason}")
         if raw:
@@ -280,13 +271,7 @@ def deliveries() -> None:
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 def deliveries_list(config_path: Path | None, limit: int) -> None:
     """One row per hook request: its eventId and how many events were new or duplicates."""
-    store = _open(config_path)
-    rows = store.ledger(limit)
-    store.close()
-    if not rows:
-        click.echo("no deliveries yet")
-        return
-    for row in rows:
+    for row in _listed(config_path, lambda store: store.ledger(limit), "no deliveries yet"):
         click.echo(f"{row.received_at}  {row.delivery_id or '-':<38} total={row.events_total} "
                    f"new={row.events_new} duplicate={row.events_duplicate} "
                    f"quarantined={row.events_quarantined}")
@@ -369,6 +354,19 @@ def _open(config_path: Path | None) -> Any:
         return open_store(settings.store_url())
     except FactorflowError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _listed(config_path: Path | None, read: Callable[[Any], list[Any]], empty: str) -> list[Any]:
+    """What ``read`` finds in the configured store (opened for it, closed after); when that is
+    nothing, says ``empty``."""
+    store = _open(config_path)
+    try:
+        rows = read(store)
+    finally:
+        store.close()
+    if not rows:
+        click.echo(empty)
+    return rows
 
 
 def _register_commands(group: click.Group) -> None:

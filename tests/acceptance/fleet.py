@@ -8,41 +8,44 @@ Everything is a real process or a real server: SQLite files shared by the proces
 PostgreSQL databases (:func:`fresh_pg_database`); the ``webhook`` action goes to a
 :class:`~tests.acceptance.webhook_peer.WebhookPeer` (through an :class:`OnOffProxy` when the
 test takes the downstream system away). :class:`PostgresCluster` stops and restarts the local
-PostgreSQL server itself.
+PostgreSQL server itself. The processes and the installation they share come from
+:mod:`tests.acceptance.serverproc`.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import random
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-import uuid as uuidlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 import psycopg
-from dbos import DBOSClient, WorkflowStatus
-from tests.acceptance.serverproc import ServerProcess
+from tests.acceptance import serverproc
+from tests.acceptance.serverproc import (
+    Backend,
+    Delivery,
+    Installation,
+    ServerProcess,
+    WorkerProcess,
+    delivery,
+    enrollment_event,
+    enrollment_rules,
+    write_rules,
+)
 from tests.acceptance.webhook_peer import WebhookPeer
 from tests.conftest import PG_URL
-
-from factorflow.errors import StoreUnavailable
-from factorflow.store.factory import open_store
-from factorflow.store.sql import SqlEventStore
+from tests.conftest import fresh_pg_database as fresh_pg_database  # for the tests
 
 HOOK_SECRET = "Bearer fleet-hook-secret-3b9d27c4"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"factorflow-crash-tests-key-32byte").decode()
@@ -54,35 +57,7 @@ WORKER_CONCURRENCY = 4
 ACTION_IDS = ("done", "log", "notify")  # sorted
 FINISHED = {"done", "already_done"}
 EVENT_TYPE = "user.mfa.factor.activate"
-
-SAMPLE = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json").read_bytes()
-SAMPLE_EVENT: dict[str, Any] = orjson.loads(SAMPLE)["data"]["events"][0]
 BASE_TIME = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
-
-# Each enrollment: an audit row (one per idempotency key), a signed webhook (one effect per
-# webhook-id at the peer), a campaign checkpoint (one per user).
-RULES = """\
-version: 1
-match: all
-rules:
-  - id: enrolled
-    description: Any MFA enrollment
-    when:
-      kind: [enrollment]
-    actions:
-      - id: log
-        kind: audit
-      - id: notify
-        kind: webhook
-        params:
-          url: {url}
-          secret: peer
-          type: mfa.enrolled
-      - id: done
-        kind: checkpoint
-        params:
-          campaign: {campaign}
-"""
 
 T = TypeVar("T")
 
@@ -92,37 +67,12 @@ T = TypeVar("T")
 
 def enrollment(user: int) -> dict[str, Any]:
     """The bundled enrollment event for user number ``user``, under a fresh uuid."""
-    event = copy.deepcopy(SAMPLE_EVENT)
-    person = {
-        "id": f"00uFleet{user:012d}", "type": "User", "alternateId": f"user{user}@example.com",
-        "displayName": f"User {user}", "detailEntry": None,
-    }
-    event["uuid"] = str(uuidlib.uuid4())
-    event["eventType"] = EVENT_TYPE
-    published = BASE_TIME + timedelta(seconds=user)
-    event["published"] = published.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    event["actor"] = dict(person)
-    event["target"][0] = person
-    event["outcome"] = {"result": "SUCCESS", "reason": None}
-    event["transaction"]["id"] = f"txn-{event['uuid'][:8]}"
-    return event
+    return enrollment_event(f"00uFleet{user:012d}", user, BASE_TIME + timedelta(seconds=user),
+                            event_type=EVENT_TYPE)
 
 
 def user_id(event: dict[str, Any]) -> str:
     return str(event["target"][0]["id"])
-
-
-@dataclass(frozen=True)
-class Delivery:
-    body: bytes
-    uuids: tuple[str, ...]
-
-
-def delivery(events: list[dict[str, Any]]) -> Delivery:
-    envelope = orjson.loads(SAMPLE)
-    envelope["eventId"] = str(uuidlib.uuid4())
-    envelope["data"]["events"] = events
-    return Delivery(orjson.dumps(envelope), tuple(e["uuid"] for e in events))
 
 
 def deliveries_of(events: list[dict[str, Any]], rng: random.Random,
@@ -141,39 +91,11 @@ def deliveries_of(events: list[dict[str, Any]], rng: random.Random,
 
 def wait_until(check: Callable[[], T], what: str, *, timeout: float = DEADLINE,
                on_timeout: Callable[[], str] = lambda: "") -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{on_timeout()}")
-        time.sleep(0.1)
+    """:func:`serverproc.wait_until`, bounded by this module's ``DEADLINE`` by default."""
+    return serverproc.wait_until(check, what, on_timeout, timeout=timeout)
 
 
 # -- databases --------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database, dropped afterwards."""
-    name = f"factorflow_test_{uuidlib.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = PG_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    store_url: str | None  # None: SQLite files in the shared data dir (store and DBOS)
-    system_url: str | None
 
 
 class PostgresCluster:
@@ -217,100 +139,21 @@ class PostgresCluster:
             wait_until(self.ready, "PostgreSQL to be running again")
 
 
-# -- the processes ----------------------------------------------------------------------------
+# -- the deployment ---------------------------------------------------------------------------
 
 
-class WorkerProcess:
-    """``factorflow worker`` under one executor id, its output appended to ``<id>.log``."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], executor_id: str) -> None:
-        self.workdir = workdir
-        self.executor_id = executor_id
-        self.env = {**env, "FACTORFLOW_WORKFLOWS__EXECUTOR_ID": executor_id}
-        self.log_path = workdir / f"{executor_id}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        if self._log is None:
-            self._log = self.log_path.open("ab")
-        offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "factorflow.cli", "worker"], cwd=self.workdir, env=self.env,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-        )
-        proc, banner = self.proc, f"factorflow worker {self.executor_id} running".encode()
-
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{self.executor_id} exited with {proc.returncode}:\n"
-                                     f"{self.log_tail()}")
-            return banner in self.log_path.read_bytes()[offset:]
-
-        wait_until(started, f"{self.executor_id} to start", on_timeout=self.log_tail)
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill9(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(10)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def log_text(self) -> str:
-        if self._log is not None:
-            self._log.flush()
-        return self.log_path.read_text(encoding="utf-8", errors="replace") \
-            if self.log_path.exists() else ""
-
-    def log_records(self, name: str) -> list[dict[str, Any]]:
-        """The JSON log lines with this event name."""
-        records = []
-        for line in self.log_text().splitlines():
-            if line.startswith("{") and f'"{name}"' in line:
-                record = orjson.loads(line)
-                if record.get("event") == name:
-                    records.append(record)
-        return records
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def close(self) -> None:
-        if self.running:
-            self.kill9()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-class Fleet:
+class Fleet(Installation):
     """One deployment: its settings (``FACTORFLOW_*`` variables shared by every process, one
-    data dir), its receivers and workers, and a reader of its store."""
+    data dir), its receivers (without a worker) and workers (each under its own executor id),
+    and a reader of its store."""
+
+    server_log_lines = 15
+    worker_log_lines = 25
 
     def __init__(self, workdir: Path, peer: WebhookPeer, backend: Backend, *,
                  webhook_url: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.peer = peer
-        self.backend = backend
-        self.data_dir = workdir / "data"
-        rules = workdir / "rules.yaml"
-        rules.write_text(RULES.format(url=webhook_url or peer.url, campaign=CAMPAIGN),
-                         encoding="utf-8")
-        self.settings = {
+        rules = write_rules(workdir, enrollment_rules(webhook_url or peer.url, CAMPAIGN))
+        super().__init__(workdir, backend, secret=HOOK_SECRET, deadline=DEADLINE, settings={
             "FACTORFLOW_PIPELINE__RULES_FILE": str(rules),
             # Retries outlast a restart of the database: nothing may be dead-lettered by one.
             "FACTORFLOW_PIPELINE__RETRY": orjson.dumps({"default": {
@@ -324,66 +167,15 @@ class Fleet:
             "FACTORFLOW_WORKFLOWS__DEAD_AFTER_SECONDS": str(DEAD_AFTER_SECONDS),
             "FACTORFLOW_SERVER__GRACEFUL_TIMEOUT_SECONDS": "10",
             "FACTORFLOW_UI__ENABLED": "false",
-            **({"FACTORFLOW_WORKFLOWS__SYSTEM_DATABASE_URL": backend.system_url}
-               if backend.system_url else {}),
             **(env or {}),
-        }
-        self.receivers: list[ServerProcess] = []
-        self.workers: list[WorkerProcess] = []
-        self._reader: SqlEventStore | None = None
-        self.env = self._server("probe").environment()
-
-    # -- processes ---------------------------------------------------------------------------
-
-    def _server(self, name: str) -> ServerProcess:
-        return ServerProcess(self.workdir, secret=HOOK_SECRET, store_url=self.backend.store_url,
-                             data_dir=self.data_dir, name=name, env=self.settings,
-                             args=("--no-worker",))
+        })
+        self.peer = peer
+        self.receivers = self.servers
 
     def receiver(self, name: str) -> ServerProcess:
-        server = self._server(name)
-        self.receivers.append(server)
-        return server.start()
-
-    def worker(self, executor_id: str) -> WorkerProcess:
-        worker = WorkerProcess(self.workdir, self.env, executor_id)
-        self.workers.append(worker)
-        return worker.start()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-m", "factorflow.cli", *args], cwd=self.workdir, env=self.env,
-            capture_output=True, text=True, timeout=DEADLINE, check=False,
-        )
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        for server in self.receivers:
-            server.close()
-        if self._reader is not None:
-            self._reader.close()
-
-    def logs(self) -> str:
-        parts = [f"--- {s.name} ---\n{s.log_tail(15)}" for s in self.receivers]
-        parts += [f"--- {w.executor_id} ---\n{w.log_tail(25)}" for w in self.workers]
-        return "\n".join(parts)
+        return self.add_server(name, ("--no-worker",)).start()
 
     # -- reading the store and the workflow database -----------------------------------------
-
-    @property
-    def store_url(self) -> str:
-        return self.backend.store_url or f"sqlite:///{self.data_dir / 'factorflow.db'}"
-
-    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self._reader is None:
-            self._reader = open_store(self.store_url, migrate=False)
-        try:
-            return [tuple(row) for row in self._reader.read(sql, params)]
-        except StoreUnavailable:  # the database was restarted under the reader: once more
-            return [tuple(row) for row in self._reader.read(sql, params)]
 
     def in_flight(self, worker: WorkerProcess) -> list[str]:
         """The workflows ``worker`` is running (PENDING under its executor id)."""
@@ -414,14 +206,6 @@ class Fleet:
             return f"{len(left)} unfinished, e.g. {left[:3]}\n{self.logs()}"
 
         wait_until(lambda: not self.unfinished(uuids), what, on_timeout=progress)
-
-    def workflows(self) -> dict[str, WorkflowStatus]:
-        url = self.backend.system_url or f"sqlite:///{self.data_dir / 'dbos.sqlite'}"
-        client = DBOSClient(system_database_url=url)
-        try:
-            return {w.workflow_id: w for w in client.list_workflows(load_input=False)}
-        finally:
-            client.destroy()
 
     def worker_rows(self) -> dict[str, tuple[Any, ...]]:
         """executor id -> (claimed_by, recovered_at, recovered_workflows, stopped_at)."""

@@ -54,15 +54,6 @@ def peer() -> Iterator[WebhookPeer]:
         yield running
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", None, None)
-        return
-    with fresh_pg_database() as store_url, fresh_pg_database() as system_url:
-        yield Backend("postgres", store_url, system_url)
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, peer: WebhookPeer, backend: Backend) -> Iterator[Fleet]:
     deployment = Fleet(tmp_path, peer, backend)

@@ -21,14 +21,21 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from tests.acceptance.serverproc import HOST, ServerProcess
+from tests.acceptance.serverproc import (
+    HOST,
+    SAMPLE,
+    SAMPLE_EVENT,
+    Delivery,
+    ServerProcess,
+    stamp,
+)
+from tests.acceptance.serverproc import delivery as make_delivery
 
 from factorflow.store.base import LedgerEntry, QuarantineEntry, StoredEvent
 from factorflow.store.factory import open_store
@@ -40,8 +47,6 @@ SECRET_TOKEN = "e2eHookSecret-7f3a9c0d51b8e246"
 SECRET = f"Bearer {SECRET_TOKEN}"
 GRACEFUL_TIMEOUT = 20.0
 
-SAMPLE = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json").read_bytes()
-SAMPLE_EVENT: dict[str, Any] = orjson.loads(SAMPLE)["data"]["events"][0]
 BASE_TIME = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 
 
@@ -52,23 +57,9 @@ def make_event(uuid: str, n: int) -> dict[str, Any]:
     """The bundled sample event under another uuid, published ``n`` tenths of a second later."""
     event = copy.deepcopy(SAMPLE_EVENT)
     event["uuid"] = uuid
-    published = BASE_TIME + timedelta(milliseconds=100 * n)
-    event["published"] = published.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    event["published"] = stamp(BASE_TIME + timedelta(milliseconds=100 * n))
     event["transaction"]["id"] = f"txn{n:07d}"
     return event
-
-
-@dataclass(frozen=True)
-class Delivery:
-    body: bytes
-    uuids: tuple[str, ...]
-
-
-def make_delivery(events: list[dict[str, Any]]) -> Delivery:
-    envelope = orjson.loads(SAMPLE)
-    envelope["eventId"] = str(uuidlib.uuid4())
-    envelope["data"]["events"] = events
-    return Delivery(orjson.dumps(envelope), tuple(e["uuid"] for e in events))
 
 
 def event_pool(count: int) -> dict[str, dict[str, Any]]:
@@ -220,6 +211,15 @@ def send_concurrently(
         assert not thread.is_alive(), "a client thread hung"
     assert not errors, errors
     return answers
+
+
+def tally(answers: list[tuple[Delivery, int, str | None]]) -> Counter[str]:
+    """The result headers of ``answers`` (each must have one), added up."""
+    totals = Counter[str]()
+    for _, _, header in answers:
+        assert header is not None
+        totals.update(result_counts(header))
+    return totals
 
 
 def refuses_connections(port: int) -> bool:
@@ -425,10 +425,7 @@ def test_parallel_overlapping_deliveries_store_each_event_once(
     answers = send_concurrently(jobs)
 
     assert Counter(status for _, status, _ in answers) == {204: 800}
-    totals = Counter[str]()
-    for _, _, header in answers:
-        assert header is not None
-        totals.update(result_counts(header))
+    totals = tally(answers)
     assert totals["new"] == len(sent)
     assert totals["duplicate"] == sum(sent.values()) - len(sent)
     assert totals["quarantined"] == 0
@@ -557,10 +554,7 @@ def test_two_receivers_on_one_postgres_store_each_event_once(
     answers = send_concurrently(jobs)
 
     assert Counter(status for _, status, _ in answers) == {204: 360}
-    totals = Counter[str]()
-    for _, _, header in answers:
-        assert header is not None
-        totals.update(result_counts(header))
+    totals = tally(answers)
     assert totals["new"] == len(sent)
     assert totals["quarantined"] == 0
 

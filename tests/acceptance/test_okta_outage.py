@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
 from click.testing import CliRunner
-from tests.acceptance.serverproc import ServerProcess
+from tests.acceptance.serverproc import ServerProcess, okta_audit_settings, wait_until
 from tests.okta.support import MFA_TYPES, TOKEN, SimulatedOkta, simulated_okta
 
 from factorflow.cli_reconcile import reconcile
@@ -28,28 +28,6 @@ pytestmark = pytest.mark.slow
 
 HOOK_SECRET = "Bearer outage-hook-secret-2b7f"
 DEADLINE = 120.0
-# No rule matches: every event gets the default action, one audit row.
-RULES = """\
-version: 1
-match: all
-defaults:
-  actions:
-    - id: audit
-      kind: audit
-rules: []
-"""
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], what: str, on_timeout: Callable[[], str]) -> T:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{on_timeout()}")
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -61,15 +39,10 @@ def okta() -> Iterator[SimulatedOkta]:
 
 def serve(tmp_path: Path, okta: SimulatedOkta, store_url: str | None,
           interval: float) -> ServerProcess:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES, encoding="utf-8")
-    env = {
-        "FACTORFLOW_PIPELINE__RULES_FILE": str(rules),
-        "FACTORFLOW_OKTA__ORG_URL": okta.base_url,
-        "FACTORFLOW_OKTA__API_TOKEN": TOKEN,
-        "FACTORFLOW_OKTA__RECONCILE_INTERVAL_SECONDS": str(interval),
-        "FACTORFLOW_WORKFLOWS__RELAY_INTERVAL_SECONDS": "0.2",
-    }
+    """A receiver with its worker whose rules never match: every event gets the default
+    action, one audit row."""
+    env = okta_audit_settings(tmp_path, org_url=okta.base_url, api_token=TOKEN,
+                              reconcile_interval=interval)
     return ServerProcess(tmp_path, secret=HOOK_SECRET, store_url=store_url, env=env)
 
 
@@ -101,7 +74,7 @@ def check_exactly_once(store: SqlEventStore, expected: set[str], dropped: set[st
         rows = store.read("SELECT COUNT(*) FROM action_results WHERE status = 'done'")
         return int(rows[0][0]) >= len(expected)
 
-    wait_until(all_done, "every event's audit action", server.log_tail)
+    wait_until(all_done, "every event's audit action", server.log_tail, timeout=DEADLINE)
     time.sleep(1.0)  # anything extra (a second run of an event) would show up by now
     found = state(store)
     uuids = [row[0] for row in found["events"]]

@@ -29,7 +29,6 @@ from tests.acceptance.fleet import (
     assert_every_action_once,
     delivery,
     enrollment,
-    fresh_pg_database,
     wait_until,
 )
 from tests.acceptance.webhook_peer import WebhookPeer
@@ -52,15 +51,6 @@ def proxy(peer: WebhookPeer) -> Iterator[OnOffProxy]:
         yield relay
     finally:
         relay.down()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield Backend("sqlite", None, None)
-        return
-    with fresh_pg_database() as store_url, fresh_pg_database() as system_url:
-        yield Backend("postgres", store_url, system_url)
 
 
 def deploy(tmp_path: Path, peer: WebhookPeer, proxy: OnOffProxy, backend: Backend,

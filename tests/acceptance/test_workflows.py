@@ -11,30 +11,29 @@ state with a bounded deadline.
 from __future__ import annotations
 
 import base64
-import copy
-import signal
-import subprocess
-import sys
-import time
-import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import orjson
-import psycopg
 import pytest
-from dbos import DBOSClient, WorkflowStatus
-from tests.acceptance.serverproc import ServerProcess
+from tests.acceptance.serverproc import (
+    DEADLINE,
+    SQLITE,
+    Backend,
+    Installation,
+    ServerProcess,
+    delivery_body,
+    enrollment_event,
+    enrollment_rules,
+    wait_until,
+    write_rules,
+)
 from tests.acceptance.webhook_peer import WebhookPeer
-from tests.conftest import PG_URL
 
 from factorflow.store.factory import open_store
-from factorflow.store.sql import SqlEventStore
 
 pytestmark = pytest.mark.slow
 
@@ -42,35 +41,10 @@ HOOK_SECRET = "Bearer wf-hook-secret-5e1c0a9b"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"factorflow-workflow-tests-key-32b").decode()
 OWN_SERVICE_ACCOUNT = "00uFactorflowSvc0001"
 CAMPAIGN = "mfa-2026"
-DEADLINE = 90.0  # seconds any expected state may take to appear (a loaded 2-core machine)
-
-SAMPLE = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json").read_bytes()
-SAMPLE_EVENT: dict[str, Any] = orjson.loads(SAMPLE)["data"]["events"][0]
 BASE_TIME = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 
-# Every enrollment: an audit row, a signed webhook, a campaign checkpoint (in this order).
-RULES = """\
-version: 1
-match: all
-rules:
-  - id: enrolled
-    description: Any MFA enrollment
-    when:
-      kind: [enrollment]
-    actions:
-      - id: log
-        kind: audit
-      - id: notify
-        kind: webhook
-        params:
-          url: {peer_url}
-          secret: peer
-          type: mfa.enrolled
-      - id: done
-        kind: checkpoint
-        params:
-          campaign: {campaign}
-{suppress}"""
+# Every enrollment: an audit row, a signed webhook, a campaign checkpoint (in this order);
+# with ``suppress``, once per user and factor type in a day.
 SUPPRESS = """\
     suppress:
       key: [user.id, factor.type]
@@ -78,15 +52,8 @@ SUPPRESS = """\
 """
 ACTION_IDS = ("done", "log", "notify")  # sorted, as results are listed
 
-T = TypeVar("T")
-
 
 # -- events ---------------------------------------------------------------------------------
-
-
-def at(minutes: float) -> str:
-    moment = BASE_TIME + timedelta(minutes=minutes)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def enrollment(
@@ -100,28 +67,10 @@ def enrollment(
     event_type: str = "user.mfa.factor.activate",
 ) -> dict[str, Any]:
     """The bundled Identity Engine enrollment, for user number ``user``, under a fresh uuid."""
-    event = copy.deepcopy(SAMPLE_EVENT)
-    person = {
-        "id": f"00uUser{user:013d}", "type": "User", "alternateId": f"user{user}@example.com",
-        "displayName": f"User {user}", "detailEntry": None,
-    }
-    event["uuid"] = str(uuidlib.uuid4())
-    event["eventType"] = event_type
-    event["published"] = at(minutes)
-    event["actor"] = actor or dict(person)
-    event["target"][0] = person
-    event["target"][1]["displayName"] = authenticator
-    event["target"][1]["detailEntry"] = {"methodTypeUsed": method}
-    event["outcome"] = {"result": outcome, "reason": None}
-    event["transaction"]["id"] = f"txn-{event['uuid'][:8]}"
-    return event
-
-
-def delivery(events: list[dict[str, Any]]) -> bytes:
-    envelope = orjson.loads(SAMPLE)
-    envelope["eventId"] = str(uuidlib.uuid4())
-    envelope["data"]["events"] = events
-    return orjson.dumps(envelope)
+    return enrollment_event(
+        f"00uUser{user:013d}", user, BASE_TIME + timedelta(minutes=minutes), actor=actor,
+        event_type=event_type, outcome=outcome, factor=(authenticator, method),
+    )
 
 
 def user_id(event: dict[str, Any]) -> str:
@@ -131,92 +80,16 @@ def user_id(event: dict[str, Any]) -> str:
 # -- the deployment under test ----------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], T], what: str, *, timeout: float = DEADLINE,
-               on_timeout: Callable[[], str] = lambda: "") -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{on_timeout()}")
-        time.sleep(0.1)
-
-
-class WorkerProcess:
-    """``factorflow worker`` as a child process, output appended to ``<name>.log``."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], name: str = "worker") -> None:
-        self.workdir = workdir
-        self.env = env
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        if self._log is None:
-            self._log = self.log_path.open("ab")
-        offset = self.log_path.stat().st_size
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "factorflow.cli", "worker"], cwd=self.workdir, env=self.env,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
-        )
-        proc = self.proc
-
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"the worker exited with {proc.returncode}:\n{self.log()}")
-            return b"factorflow worker local running" in self.log_path.read_bytes()[offset:]
-
-        wait_until(started, "the worker to start", on_timeout=self.log)
-        return self
-
-    def kill9(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(10)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def log(self) -> str:
-        if not self.log_path.exists():
-            return ""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-40:])
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.kill9()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    store_url: str | None  # None: SQLite files in the data dir (store and DBOS)
-    system_url: str | None
-
-
-class Deployment:
+class Deployment(Installation):
     """One factorflow installation: its settings (as FACTORFLOW_* variables), a receiver, any
     workers, the CLI, and a reader of its store."""
 
     def __init__(self, workdir: Path, peer: WebhookPeer, backend: Backend, *,
                  suppress: bool = False, serve_args: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
-        self.workdir = workdir
-        self.peer = peer
-        rules = workdir / "rules.yaml"
-        rules.write_text(RULES.format(peer_url=peer.url, campaign=CAMPAIGN,
-                                      suppress=SUPPRESS if suppress else ""), encoding="utf-8")
-        settings = {
+        rules = write_rules(workdir, enrollment_rules(peer.url, CAMPAIGN,
+                                                      SUPPRESS if suppress else ""))
+        super().__init__(workdir, backend, secret=HOOK_SECRET, settings={
             "FACTORFLOW_PIPELINE__RULES_FILE": str(rules),
             "FACTORFLOW_PIPELINE__OWN_ACTOR_IDS": orjson.dumps([OWN_SERVICE_ACCOUNT]).decode(),
             # Tiny backoff: retries take milliseconds (a Retry-After still sets the minimum).
@@ -227,61 +100,22 @@ class Deployment:
             "FACTORFLOW_WORKFLOWS__QUEUE_POLLING_SECONDS": "0.1",
             "FACTORFLOW_WORKFLOWS__RELAY_INTERVAL_SECONDS": "0.2",
             "FACTORFLOW_SERVER__GRACEFUL_TIMEOUT_SECONDS": "20",
-            **({"FACTORFLOW_WORKFLOWS__SYSTEM_DATABASE_URL": backend.system_url}
-               if backend.system_url else {}),
             **(env or {}),
-        }
-        self.server = ServerProcess(workdir, secret=HOOK_SECRET, store_url=backend.store_url,
-                                    env=settings, args=serve_args)
-        self.env = self.server.environment()
-        self.workers: list[WorkerProcess] = []
-        self._reader: SqlEventStore | None = None
-
-    # -- processes ---------------------------------------------------------------------------
+        })
+        self.peer = peer
+        self.server = self.add_server("server", serve_args)
 
     def serve(self) -> ServerProcess:
         return self.server.start()
 
-    def worker(self) -> WorkerProcess:
-        worker = WorkerProcess(self.workdir, self.env)
-        self.workers.append(worker)
-        return worker.start()
-
-    def cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``factorflow ARGS`` the way an operator does, with this deployment's settings."""
-        done = subprocess.run(
-            [sys.executable, "-m", "factorflow.cli", *args], cwd=self.workdir, env=self.env,
-            capture_output=True, text=True, timeout=DEADLINE, check=False,
-        )
-        if ok:
-            assert done.returncode == 0, (args, done.stdout, done.stderr)
-        return done
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.server.close()
-        if self._reader is not None:
-            self._reader.close()
-
-    def logs(self) -> str:
-        parts = [f"--- server ---\n{self.server.log_tail()}"]
-        parts += [f"--- {w.log_path.name} ---\n{w.log()}" for w in self.workers]
-        return "\n".join(parts)
-
     # -- talking to the receiver -------------------------------------------------------------
 
     def deliver(self, events: list[dict[str, Any]]) -> None:
-        answer = self.server.post(delivery(events))
+        answer = self.server.post(delivery_body(events))
         assert answer.status_code == 204, answer.text
         assert answer.headers["factorflow-result"] == f"new={len(events)} duplicate=0 quarantined=0"
 
     # -- reading the store -------------------------------------------------------------------
-
-    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self._reader is None:
-            self._reader = open_store(self.server.store_url, migrate=False)
-        return [tuple(row) for row in self._reader.read(sql, params)]
 
     def results(self, uuid: str) -> dict[str, tuple[Any, ...]]:
         """action id -> (status, detail, attempts, idempotency key, kind) for one event."""
@@ -325,17 +159,6 @@ class Deployment:
         return self.rows("SELECT id, event_uuid, action_id, status, reason, attempts, retries, "
                          "resolved_by FROM dead_letters ORDER BY id")
 
-    def workflows(self) -> dict[str, WorkflowStatus]:
-        """Every workflow in the engine's system database, by id."""
-        url = self.env.get("FACTORFLOW_WORKFLOWS__SYSTEM_DATABASE_URL") or (
-            f"sqlite:///{self.server.data_dir / 'dbos.sqlite'}"
-        )
-        client = DBOSClient(system_database_url=url)
-        try:
-            return {w.workflow_id: w for w in client.list_workflows(load_input=False)}
-        finally:
-            client.destroy()
-
     def wait_done(self, uuids: list[str], what: str = "every action to be done") -> None:
         """Until each event has all three actions finished (done, already done, suppressed)."""
         def finished() -> bool:
@@ -358,33 +181,6 @@ class Deployment:
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _fresh_pg_database() -> Iterator[str]:
-    name = f"factorflow_test_{uuidlib.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = PG_URL.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def pg_system_url() -> Iterator[str]:
-    """A second fresh PostgreSQL database, for DBOS's system tables."""
-    yield from _fresh_pg_database()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", None, None)
-    store_url: str = request.getfixturevalue("pg_url")
-    system_url: str = request.getfixturevalue("pg_system_url")
-    return Backend("postgres", store_url, system_url)
-
-
 @pytest.fixture
 def peer() -> Iterator[WebhookPeer]:
     with WebhookPeer(WEBHOOK_SECRET) as running:
@@ -396,8 +192,7 @@ def deploy(tmp_path: Path, peer: WebhookPeer) -> Iterator[Callable[..., Deployme
     made: list[Deployment] = []
 
     def _deploy(backend: Backend | None = None, **options: Any) -> Deployment:
-        deployment = Deployment(tmp_path, peer, backend or Backend("sqlite", None, None),
-                                **options)
+        deployment = Deployment(tmp_path, peer, backend or SQLITE, **options)
         made.append(deployment)
         return deployment
 

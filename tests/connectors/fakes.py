@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
@@ -251,3 +252,9 @@ def unused_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def in_tmp(values: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """``values`` with ``{tmp}`` in each text value replaced by ``tmp_path``."""
+    return {key: value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
+            for key, value in values.items()}

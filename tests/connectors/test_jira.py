@@ -29,6 +29,7 @@ from factorflow.connectors.registry import build_connectors
 from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, idempotency_key
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.rules import evaluate, parse_rules
+from tests.connectors import fakes
 from tests.connectors.fakes import FACT, Double, Got, Reply, json_reply, serving, unused_port
 
 EMAIL = "factorflow-bot@example.com"
@@ -332,58 +333,7 @@ def test_plain_text_becomes_minimal_adf(text: str, paragraphs: list[Any]) -> Non
 
 
 # --- one issue per idempotency key -----------------------------------------------------------
-
-def test_the_same_step_twice_files_one_issue(jira: FakeJira, http: httpx.Client) -> None:
-    handler = connector(jira, http)
-    first = handler.perform(request(), FACT)
-    second = handler.perform(request(), FACT)
-
-    assert (first.status, first.reference) == (OutcomeStatus.DONE, "OPS-1")
-    assert (second.status, second.reference) == (OutcomeStatus.ALREADY_DONE, "OPS-1")
-    assert list(jira.issues) == ["OPS-1"]
-    assert len(jira.creates()) == 1
-    assert len(jira.searches()) == 2
-
-
-def test_a_crash_after_the_create_is_answered_by_a_fresh_instance_finding_the_issue(
-    jira: FakeJira, http: httpx.Client
-) -> None:
-    connector(jira, http).perform(request(), FACT)  # ... and the process dies before recording
-    with httpx.Client(timeout=5.0) as restarted:
-        again = connector(jira, restarted).perform(request(), FACT)
-
-    assert (again.status, again.reference) == (OutcomeStatus.ALREADY_DONE, "OPS-1")
-    assert "OPS-1 has label" in again.detail
-    assert list(jira.issues) == ["OPS-1"]
-    assert len(jira.creates()) == 1
-
-
-def test_a_create_whose_answer_is_lost_is_found_on_the_retry(
-    jira: FakeJira, http: httpx.Client
-) -> None:
-    jira.then("/rest/api/3/issue", 504, b"<html>Gateway Timeout</html>", after_effect=True)
-    with pytest.raises(TransientActionError) as failed:
-        connector(jira, http).perform(request(), FACT)
-    assert "HTTP 504" in str(failed.value)
-    assert list(jira.issues) == ["OPS-1"]  # Jira did create it
-
-    retry = connector(jira, http).perform(request(), FACT)
-    assert (retry.status, retry.reference) == (OutcomeStatus.ALREADY_DONE, "OPS-1")
-    assert list(jira.issues) == ["OPS-1"]
-    assert len(jira.creates()) == 1
-
-
-def test_a_create_answered_without_a_key_is_transient_and_the_retry_finds_it(
-    jira: FakeJira, http: httpx.Client
-) -> None:
-    jira.then("/rest/api/3/issue", 201, b"", after_effect=True)
-    with pytest.raises(TransientActionError, match="without an issue key"):
-        connector(jira, http).perform(request(), FACT)
-
-    retry = connector(jira, http).perform(request(), FACT)
-    assert (retry.status, retry.reference) == (OutcomeStatus.ALREADY_DONE, "OPS-1")
-    assert list(jira.issues) == ["OPS-1"]
-
+# (the step run twice, a crash, a lost answer: test_find_before_create.py)
 
 def test_other_actions_of_the_same_event_get_their_own_issues(
     jira: FakeJira, http: httpx.Client
@@ -563,10 +513,7 @@ def test_invalid_settings_name_the_key(
     jira: FakeJira, http: httpx.Client, overrides: dict[str, Any], message: str, tmp_path: Path,
 ) -> None:
     (tmp_path / "token.txt").write_text(TOKEN)
-    overrides = {
-        key: value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
-        for key, value in overrides.items()
-    }
+    overrides = fakes.in_tmp(overrides, tmp_path)
     with pytest.raises(ConfigError) as failed:
         build_connectors({"jira": section(jira, **overrides)}, http)
 

@@ -32,6 +32,7 @@ from factorflow.domain.actions import ActionRequest, Enrichment, OutcomeStatus, 
 from factorflow.errors import ConfigError, PermanentActionError, TransientActionError
 from factorflow.rules import evaluate, parse_rules
 from factorflow.settings import load_settings
+from tests.connectors import fakes
 from tests.connectors.fakes import FACT, Double, Got, Reply, json_reply, serving, unused_port
 
 USER = "factorflow.integration"
@@ -309,57 +310,7 @@ def test_a_table_without_numbers_answers_with_the_sys_id(
 
 
 # --- one record per idempotency key ----------------------------------------------------------
-
-def test_the_same_step_twice_inserts_one_record(snow: FakeServiceNow, http: httpx.Client) -> None:
-    handler = connector(snow, http)
-    first = handler.perform(request(), FACT)
-    second = handler.perform(request(), FACT)
-
-    assert (first.status, first.reference) == (OutcomeStatus.DONE, "INC0010001")
-    assert (second.status, second.reference) == (OutcomeStatus.ALREADY_DONE, "INC0010001")
-    assert second.detail == f"incident record with correlation_id {KEY}"
-    assert len(snow.rows()) == 1
-    assert len(snow.posts()) == 1
-
-
-def test_a_crash_after_the_insert_is_answered_by_a_fresh_instance_finding_the_record(
-    snow: FakeServiceNow, http: httpx.Client
-) -> None:
-    connector(snow, http).perform(request(), FACT)  # ... and the process dies before recording
-    with httpx.Client(timeout=5.0) as restarted:
-        again = connector(snow, restarted).perform(request(), FACT)
-
-    assert (again.status, again.reference) == (OutcomeStatus.ALREADY_DONE, "INC0010001")
-    assert len(snow.rows()) == 1
-    assert len(snow.posts()) == 1
-
-
-def test_an_insert_whose_answer_is_lost_is_found_on_the_retry(
-    snow: FakeServiceNow, http: httpx.Client
-) -> None:
-    snow.then("POST", 502, b"<html>Bad Gateway</html>", after_effect=True)
-    with pytest.raises(TransientActionError) as failed:
-        connector(snow, http).perform(request(), FACT)
-    assert "HTTP 502" in str(failed.value)
-    assert len(snow.rows()) == 1  # the instance did insert it
-
-    retry = connector(snow, http).perform(request(), FACT)
-    assert (retry.status, retry.reference) == (OutcomeStatus.ALREADY_DONE, "INC0010001")
-    assert len(snow.rows()) == 1
-    assert len(snow.posts()) == 1
-
-
-def test_an_insert_answered_without_a_record_is_transient_and_the_retry_finds_it(
-    snow: FakeServiceNow, http: httpx.Client
-) -> None:
-    snow.then("POST", 201, {"result": {}}, after_effect=True)
-    with pytest.raises(TransientActionError, match="without a record"):
-        connector(snow, http).perform(request(), FACT)
-
-    retry = connector(snow, http).perform(request(), FACT)
-    assert (retry.status, retry.reference) == (OutcomeStatus.ALREADY_DONE, "INC0010001")
-    assert len(snow.rows()) == 1
-
+# (the step run twice, a crash, a lost answer: test_find_before_create.py)
 
 def test_records_of_other_keys_are_not_mistaken_for_this_one(
     snow: FakeServiceNow, http: httpx.Client
@@ -548,10 +499,7 @@ def test_invalid_settings_name_the_key(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "pw").write_text(PASSWORD)
-    overrides = {
-        key: value.replace("{tmp}", str(tmp_path)) if isinstance(value, str) else value
-        for key, value in overrides.items()
-    }
+    overrides = fakes.in_tmp(overrides, tmp_path)
     with pytest.raises(ConfigError) as failed:
         build_connectors({"servicenow": section(snow, **overrides)}, http)
 

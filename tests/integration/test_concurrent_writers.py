@@ -15,15 +15,14 @@ import subprocess
 import sys
 import threading
 import uuid as uuidlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from tests.conftest import CORPUS
+from tests.payloads.numbered import delivery_body, numbered_event
+from tests.payloads.numbered import to_receipt as numbered_receipt
 
-from factorflow.okta.payloads import format_utc, parse_delivery
 from factorflow.store.base import DeliveryOutcome, Receipt
 from factorflow.store.factory import open_store
 from factorflow.store.migrations import available, latest_version
@@ -35,34 +34,23 @@ OWN = 20  # uuids only one writer records
 EVENTS_PER_DELIVERY = 5
 DELIVERIES_PER_BATCH = 4
 _NAMESPACE = uuidlib.UUID("5f1d3c1e-0000-4000-8000-00000000f10f")
-_TEMPLATES = [
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if line.strip()
-]
 
 
 def event(number: int) -> dict[str, Any]:
     """Event ``number``: a published corpus event under its own uuid; same number, same bytes."""
-    template = dict(_TEMPLATES[number % len(_TEMPLATES)])
-    template["uuid"] = str(uuidlib.uuid5(_NAMESPACE, f"event-{number}"))
-    return template
+    return numbered_event(_NAMESPACE, number)
 
 
 def writer_plan(writer: int) -> list[list[bytes]]:
     """Batches of delivery bodies: the shared events in a writer-specific order, plus its own."""
     numbers = list(range(SHARED)) + [SHARED + writer * OWN + i for i in range(OWN)]
     random.Random(writer).shuffle(numbers)
-    bodies = []
-    for start in range(0, len(numbers), EVENTS_PER_DELIVERY):
-        chunk = numbers[start:start + EVENTS_PER_DELIVERY]
-        bodies.append(orjson.dumps({
-            "eventType": "com.okta.event_hook",
-            "eventId": f"w{writer}-d{start // EVENTS_PER_DELIVERY}",
-            "eventTime": "2024-05-01T12:00:00.000Z",
-            "source": "https://example.okta.com/api/v1/eventHooks/whoConcurrent0g3",
-            "data": {"events": [event(n) for n in chunk]},
-        }))
+    bodies = [
+        delivery_body(f"w{writer}-d{start // EVENTS_PER_DELIVERY}",
+                      [event(n) for n in numbers[start:start + EVENTS_PER_DELIVERY]],
+                      "whoConcurrent0g3")
+        for start in range(0, len(numbers), EVENTS_PER_DELIVERY)
+    ]
     return [
         bodies[start:start + DELIVERIES_PER_BATCH]
         for start in range(0, len(bodies), DELIVERIES_PER_BATCH)
@@ -70,14 +58,7 @@ def writer_plan(writer: int) -> list[list[bytes]]:
 
 
 def to_receipt(body: bytes) -> Receipt:
-    delivery = parse_delivery(body)
-    return Receipt(
-        delivery_id=delivery.delivery_id,
-        hook_id=delivery.hook_id,
-        received_at=format_utc(datetime.now(UTC)),
-        org=ORG,
-        delivery=delivery,
-    )
+    return numbered_receipt(body, ORG)
 
 
 def expected_uuids(writers: int) -> set[str]:

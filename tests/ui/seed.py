@@ -4,24 +4,22 @@ step (prepare, enrich, decide, act, dead-letter), as the workflow engine would."
 
 from __future__ import annotations
 
-import copy
 import uuid as uuidlib
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from factorflow.bootstrap import build_pipeline
 from factorflow.settings import Settings
 from factorflow.store.sql import SqlEventStore
+from tests.acceptance.serverproc import delivery_body as delivery
+from tests.acceptance.serverproc import enrollment_event
 
-SAMPLE = resources.files("factorflow").joinpath("examples/delivery-mfa-activate.json").read_bytes()
-SAMPLE_EVENT: dict[str, Any] = orjson.loads(SAMPLE)["data"]["events"][0]
 CAMPAIGN = "pilot-2026"
 PILOT_GROUP = "Passwordless Pilot"
 ADMIN_ID = "00uHelpdeskAdmin0001"
+ADMIN = {"id": ADMIN_ID, "type": "User", "alternateId": "helpdesk@example.com",
+         "displayName": "Help Desk", "detailEntry": None}
 
 # Every enrollment: an audit row and a campaign checkpoint. An admin's enrollment also asks
 # for a Jira ticket; Jira is not configured here, so that action is dead-lettered.
@@ -70,35 +68,16 @@ def directory_yaml(pilot: range, others: range) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def enrollment(
     n: int, *, published: datetime | None = None, authenticator: str = "Okta Verify",
     method: str | None = "PUSH", by_admin: bool = False, outcome: str = "SUCCESS",
 ) -> dict[str, Any]:
     """The bundled enrollment for user number ``n``, under a fresh uuid."""
-    event = copy.deepcopy(SAMPLE_EVENT)
-    person = {"id": user_id(n), "type": "User", "alternateId": login(n),
-              "displayName": f"User {n}", "detailEntry": None}
-    event["uuid"] = str(uuidlib.uuid4())
-    event["published"] = stamp(published or datetime.now(UTC) - timedelta(seconds=2))
-    event["actor"] = ({"id": ADMIN_ID, "type": "User", "alternateId": "helpdesk@example.com",
-                       "displayName": "Help Desk", "detailEntry": None}
-                      if by_admin else dict(person))
-    event["target"][0] = person
-    event["target"][1]["displayName"] = authenticator
-    event["target"][1]["detailEntry"] = {"methodTypeUsed": method} if method else None
-    event["outcome"] = {"result": outcome, "reason": None}
-    return event
-
-
-def delivery(events: list[dict[str, Any]]) -> bytes:
-    envelope = orjson.loads(SAMPLE)
-    envelope["eventId"] = str(uuidlib.uuid4())
-    envelope["data"]["events"] = events
-    return orjson.dumps(envelope)
+    return enrollment_event(
+        user_id(n), n, published or datetime.now(UTC) - timedelta(seconds=2),
+        actor=dict(ADMIN) if by_admin else None, outcome=outcome,
+        factor=(authenticator, method), new_transaction=False,
+    )
 
 
 def site_settings(data_dir: Path, *, secret: str, **sections: Any) -> Settings:

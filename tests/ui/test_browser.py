@@ -18,17 +18,22 @@ import json
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from factorflow.store.factory import open_store
-from tests.acceptance.serverproc import ServerProcess, free_port
+from tests.acceptance.serverproc import (
+    ServerProcess,
+    enrollment_rules,
+    free_port,
+    wait_until,
+    write_rules,
+)
 from tests.acceptance.webhook_peer import WebhookPeer
 from tests.ui.browser import ARTIFACTS, check_page, launch
 from tests.ui.seed import CAMPAIGN, PILOT_GROUP, delivery, directory_yaml, enrollment, login
@@ -41,40 +46,6 @@ ADMIN_PASSWORD = "browser-admin-password-8d2f"
 OIDC_CLIENT = "0oaBrowserDashboard1"
 OIDC_SECRET = "browser-oidc-secret-61f0c2"
 DEADLINE = 90.0
-T = TypeVar("T")
-
-RULES = f"""\
-version: 1
-match: all
-rules:
-  - id: enrolled
-    when:
-      kind: [enrollment]
-    actions:
-      - id: log
-        kind: audit
-      - id: notify
-        kind: webhook
-        params:
-          url: {{peer_url}}
-          secret: peer
-          type: mfa.enrolled
-      - id: done
-        kind: checkpoint
-        params:
-          campaign: {CAMPAIGN}
-"""
-
-
-def wait_until(check: Callable[[], T], what: str, log: Callable[[], str]) -> T:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{log()}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -85,8 +56,7 @@ def peer() -> Iterator[WebhookPeer]:
 
 @pytest.fixture
 def server(tmp_path: Path, peer: WebhookPeer) -> Iterator[ServerProcess]:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES.format(peer_url=peer.url), encoding="utf-8")
+    rules = write_rules(tmp_path, enrollment_rules(peer.url, CAMPAIGN))
     directory = tmp_path / "directory.yaml"
     directory.write_text(directory_yaml(range(0, 4), range(4, 6)), encoding="utf-8")
     config = tmp_path / "factorflow.toml"

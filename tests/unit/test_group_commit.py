@@ -6,16 +6,13 @@ import asyncio
 import threading
 import uuid as uuidlib
 from collections.abc import Awaitable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 import pytest
-from tests.conftest import CORPUS
+from tests.payloads.numbered import delivery_body, numbered_event, to_receipt
 
 from factorflow.errors import StoreUnavailable
-from factorflow.okta.payloads import format_utc, parse_delivery
 from factorflow.store.base import DeliveryOutcome, Receipt
 from factorflow.store.group_commit import GroupCommitter
 from factorflow.store.sqlite import SqliteEventStore
@@ -25,36 +22,16 @@ ORG = "example.okta.com"
 # Guards against a hang only: a caller left waiting fails the test instead of blocking it.
 HANG_GUARD_SECONDS = 60
 _NAMESPACE = uuidlib.UUID("0c3f6a52-0000-4000-8000-0000000c0771")
-_TEMPLATES = [
-    orjson.loads(line)
-    for line in (CORPUS / "okta-events.ndjson").read_bytes().splitlines()
-    if line.strip()
-]
 
 
 def event(number: int) -> dict[str, Any]:
     """A published corpus event under uuid ``number``; same number, same content."""
-    template = dict(_TEMPLATES[number % len(_TEMPLATES)])
-    template["uuid"] = str(uuidlib.uuid5(_NAMESPACE, f"event-{number}"))
-    return template
+    return numbered_event(_NAMESPACE, number)
 
 
 def receipt(delivery_id: str, *numbers: int) -> Receipt:
-    body = orjson.dumps({
-        "eventType": "com.okta.event_hook",
-        "eventId": delivery_id,
-        "eventTime": "2024-05-01T12:00:00.000Z",
-        "source": "https://example.okta.com/api/v1/eventHooks/whoGroupCommit0g3",
-        "data": {"events": [event(n) for n in numbers]},
-    })
-    delivery = parse_delivery(body)
-    return Receipt(
-        delivery_id=delivery.delivery_id,
-        hook_id=delivery.hook_id,
-        received_at=format_utc(datetime.now(UTC)),
-        org=ORG,
-        delivery=delivery,
-    )
+    body = delivery_body(delivery_id, [event(n) for n in numbers], "whoGroupCommit0g3")
+    return to_receipt(body, ORG)
 
 
 def run(main: Awaitable[T]) -> T:

@@ -20,6 +20,16 @@ from factorflow.rules import (
 )
 
 EXAMPLES = resources.files("factorflow").joinpath("examples")
+# Vocabularies as the problems list them.
+STRENGTHS = (
+    "phishing_resistant, device_bound_push, otp, sms_voice_email, password_question, unknown"
+)
+EVENT_KINDS = "enrollment, deactivation, reset_all, suspension, unsuspension, update, other"
+UNKNOWN_JRIA = (
+    "kind: 'jria' is not a known action kind (did you mean 'jira'?) (known: audit, checkpoint, "
+    "email, jira, okta_group, okta_workflows, pagerduty, register, report, servicenow, slack, "
+    "teams, webhook)"
+)
 
 
 def problems_of(text: str, source: str = "rules.yaml") -> list[str]:
@@ -27,6 +37,12 @@ def problems_of(text: str, source: str = "rules.yaml") -> list[str]:
         parse_rules(textwrap.dedent(text), source=source)
     assert str(raised.value) == "\n".join(raised.value.problems)
     return raised.value.problems
+
+
+def rule_problems(rules: str) -> list[str]:
+    """The problems of a version 1, ``match: all`` file whose rules are ``rules`` (the YAML
+    list, indented as it pleases)."""
+    return problems_of("version: 1\nmatch: all\nrules:\n" + textwrap.dedent(rules))
 
 
 def test_the_shipped_examples_load() -> None:
@@ -62,10 +78,7 @@ def test_digest_identifies_the_content() -> None:
 
 
 def test_the_example_message_from_the_issue() -> None:
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: privileged-enrollment
             when:
               strength: {in: [strong]}
@@ -73,7 +86,7 @@ def test_the_example_message_from_the_issue() -> None:
     """)
     assert problems == [
         "rules.yaml: rule 'privileged-enrollment': when.strength.in: 'strong' is not one of "
-        "phishing_resistant, device_bound_push, otp, sms_voice_email, password_question, unknown"
+        + STRENGTHS
     ]
 
 
@@ -110,9 +123,7 @@ def test_all_problems_are_reported_at_once() -> None:
         "rules.yaml: rule 'one': when.strenght: unknown key (did you mean 'strength'? allowed: "
         "kind, factor_type, strength, enrolled_by, engine, country, zone, profile, groups, "
         "recent_factor_event, any_of)",
-        "rules.yaml: rule 'one': action 't': kind: 'jria' is not a known action kind (did you "
-        "mean 'jira'?) (known: audit, checkpoint, email, jira, okta_group, okta_workflows, "
-        "pagerduty, register, report, servicenow, slack, teams, webhook)",
+        f"rules.yaml: rule 'one': action 't': {UNKNOWN_JRIA}",
         "rules.yaml: rule #2: id: required",
         "rules.yaml: rule 'three': action 'cp': params.campaign: required for kind "
         "'checkpoint' (a non-empty string)",
@@ -124,10 +135,7 @@ def test_all_problems_are_reported_at_once() -> None:
 
 
 def test_semantic_problems_of_one_rule_are_all_reported() -> None:
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: r
             when:
               kind: [enrolment, reset_all]
@@ -142,31 +150,25 @@ def test_semantic_problems_of_one_rule_are_all_reported() -> None:
             suppress: {key: [user.idd, factor.type], window_hours: 24}
     """)
     assert problems == [
-        "rules.yaml: rule 'r': when.kind.in: 'enrolment' is not one of enrollment, "
-        "deactivation, reset_all, suspension, unsuspension, update, other",
+        f"rules.yaml: rule 'r': when.kind.in: 'enrolment' is not one of {EVENT_KINDS}",
         "rules.yaml: rule 'r': when.enrolled_by.not_in: 'admn' is not one of self, admin, api, "
         "system, unknown",
         "rules.yaml: rule 'r': when.engine.in: 'oie' is not one of classic, identity_engine, "
         "unknown",
         "rules.yaml: rule 'r': when.profile.title.matches: invalid regular expression '(admin': "
         "missing ), unterminated subpattern at position 0",
-        "rules.yaml: rule 'r': when.recent_factor_event.kinds: 'reset' is not one of enrollment, "
-        "deactivation, reset_all, suspension, unsuspension, update, other",
+        "rules.yaml: rule 'r': when.recent_factor_event.kinds: 'reset' is not one of "
+        + EVENT_KINDS,
         "rules.yaml: rule 'r': when.recent_factor_event.factor_types: 'yubikey' is not one of "
         + ", ".join([*STRENGTH, "unknown"]),
-        "rules.yaml: rule 'r': action 't': kind: 'jria' is not a known action kind (did you mean "
-        "'jira'?) (known: audit, checkpoint, email, jira, okta_group, okta_workflows, pagerduty, "
-        "register, report, servicenow, slack, teams, webhook)",
+        f"rules.yaml: rule 'r': action 't': {UNKNOWN_JRIA}",
         "rules.yaml: rule 'r': suppress.key: 'user.idd' is not a field of the fact (did you "
         "mean 'user.id'?)",
     ]
 
 
 def test_nested_any_of_problems_name_the_branch() -> None:
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: r
             when:
               any_of:
@@ -178,17 +180,13 @@ def test_nested_any_of_problems_name_the_branch() -> None:
         "rules.yaml: rule 'r': when.any_of[1].groups.some: unknown key (allowed: any, all, "
         "none)",
     ]
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: r
             when: {any_of: [{strength: [strong]}]}
             actions: []
     """)
     assert problems == [
-        "rules.yaml: rule 'r': when.any_of[0].strength.in: 'strong' is not one of "
-        "phishing_resistant, device_bound_push, otp, sms_voice_email, password_question, unknown"
+        "rules.yaml: rule 'r': when.any_of[0].strength.in: 'strong' is not one of " + STRENGTHS
     ]
 
 
@@ -227,10 +225,7 @@ def test_nested_any_of_problems_name_the_branch() -> None:
     ],
 )
 def test_condition_shape_problems(when: str, problem: str) -> None:
-    problems = problems_of(f"""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems(f"""
           - id: r
             when:
               {when}
@@ -264,17 +259,14 @@ def test_condition_shape_problems(when: str, problem: str) -> None:
     ],
 )
 def test_rule_shape_problems(rule: str, problem: str) -> None:
-    problems = problems_of(f"version: 1\nmatch: all\nrules:\n  - {rule}\n")
+    problems = rule_problems(f"- {rule}\n")
     label = "rule 'has space'" if "has space" in rule else (
         "rule 'defaults'" if "defaults" in rule else "rule 'r'")
     assert problems == [f"rules.yaml: {label}: {problem}"]
 
 
 def test_templates_are_checked_at_load() -> None:
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: r
             actions:
               - id: a
@@ -426,10 +418,7 @@ rules:
 
 
 def test_a_rule_with_shape_problems_still_gets_its_other_parts_checked() -> None:
-    problems = problems_of("""
-        version: 1
-        match: all
-        rules:
+    problems = rule_problems("""
           - id: 'bad id'
             when: {strength: [strong]}
             actions:

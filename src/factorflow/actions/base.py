@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from factorflow.domain.actions import ActionOutcome, ActionRequest
+from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
 from factorflow.domain.facts import Fact
 from factorflow.errors import PermanentActionError, StoreUnavailable, TransientActionError
 from factorflow.store.sql import Cursor
@@ -45,6 +45,21 @@ class ActionHandler(Protocol):
     def perform(self, request: ActionRequest, fact: Fact) -> ActionOutcome:
         """Carry out ``request`` once; see the module docstring for the contract."""
         ...
+
+
+class OwnRowHandler:
+    """A handler whose effect is one row in factorflow's own store, made by an insert that does
+    nothing when the request's row is already there."""
+
+    def __init__(self, store: ActionStore, clock: Clock = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    @staticmethod
+    def outcome(inserted: bool, detail: str, reference: str) -> ActionOutcome:
+        """DONE when this request's insert made the row, ALREADY_DONE when it was there."""
+        status = OutcomeStatus.DONE if inserted else OutcomeStatus.ALREADY_DONE
+        return ActionOutcome(status, detail, reference=reference)
 
 
 def canonical_json(value: Any) -> str:

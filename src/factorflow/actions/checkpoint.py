@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 from factorflow.actions.base import (
     ActionStore,
-    Clock,
+    OwnRowHandler,
     required_text,
     store_errors_are_transient,
-    utc_now,
     where,
 )
-from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
+from factorflow.domain.actions import ActionOutcome, ActionRequest
 from factorflow.domain.facts import Fact
 from factorflow.errors import PermanentActionError
 from factorflow.okta.payloads import format_utc
@@ -61,14 +60,10 @@ class CampaignProgress:
         return {c.user_id for c in self.completed}
 
 
-class CheckpointHandler:
+class CheckpointHandler(OwnRowHandler):
     """``kind: checkpoint``. Params: ``campaign`` (required, the campaign's name)."""
 
     kind = "checkpoint"
-
-    def __init__(self, store: ActionStore, clock: Clock = utc_now) -> None:
-        self._store = store
-        self._clock = clock
 
     def perform(self, request: ActionRequest, fact: Fact) -> ActionOutcome:
         campaign = required_text(request, "campaign")
@@ -88,24 +83,16 @@ class CheckpointHandler:
                 ),
             )
             inserted = cur.rowcount == 1
+            detail = f"user {user_id} completed campaign {campaign!r}"
             if not inserted:
                 first_at, first_event = cur.execute(
                     "SELECT completed_at, event_uuid FROM campaign_checkpoints "
                     "WHERE campaign = ? AND user_id = ?",
                     (campaign, user_id),
                 ).fetchone()
-        reference = f"{campaign}/{user_id}"
-        if inserted:
-            return ActionOutcome(
-                OutcomeStatus.DONE, f"user {user_id} completed campaign {campaign!r}",
-                reference=reference,
-            )
-        return ActionOutcome(
-            OutcomeStatus.ALREADY_DONE,
-            f"user {user_id} already completed campaign {campaign!r} at {first_at} "
-            f"(event {first_event})",
-            reference=reference,
-        )
+                detail = (f"user {user_id} already completed campaign {campaign!r} at "
+                          f"{first_at} (event {first_event})")
+        return self.outcome(inserted, detail, reference=f"{campaign}/{user_id}")
 
 
 def campaign_progress(store: ActionStore, campaign: str) -> CampaignProgress:

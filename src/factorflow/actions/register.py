@@ -18,13 +18,12 @@ import orjson
 
 from factorflow.actions.base import (
     ActionStore,
-    Clock,
+    OwnRowHandler,
     required_text,
     store_errors_are_transient,
-    utc_now,
     where,
 )
-from factorflow.domain.actions import ActionOutcome, ActionRequest, OutcomeStatus
+from factorflow.domain.actions import ActionOutcome, ActionRequest
 from factorflow.domain.facts import Fact
 from factorflow.errors import PermanentActionError
 from factorflow.okta.payloads import format_utc
@@ -57,15 +56,11 @@ class RegisterEntry:
     fields: Mapping[str, Any]
 
 
-class RegisterHandler:
+class RegisterHandler(OwnRowHandler):
     """``kind: register``. Params: ``register`` (required); any others become fields.
     ``expires_in_days`` (a number) also sets the entry's ``expires_at``."""
 
     kind = "register"
-
-    def __init__(self, store: ActionStore, clock: Clock = utc_now) -> None:
-        self._store = store
-        self._clock = clock
 
     def perform(self, request: ActionRequest, fact: Fact) -> ActionOutcome:
         register = required_text(request, "register")
@@ -109,16 +104,9 @@ class RegisterHandler:
                 "SELECT id, register FROM register_entries WHERE idempotency_key = ?",
                 (request.idempotency_key,),
             ).fetchone()
-        reference = f"{entry_register}#{entry_id}"
-        if inserted:
-            return ActionOutcome(
-                OutcomeStatus.DONE, f"entry {entry_id} in register {register!r}",
-                reference=reference,
-            )
-        return ActionOutcome(
-            OutcomeStatus.ALREADY_DONE,
-            f"already entry {entry_id} in register {entry_register!r}", reference=reference,
-        )
+        detail = (f"entry {entry_id} in register {register!r}" if inserted
+                  else f"already entry {entry_id} in register {entry_register!r}")
+        return self.outcome(inserted, detail, reference=f"{entry_register}#{entry_id}")
 
 
 def _number(text: str) -> float | None:

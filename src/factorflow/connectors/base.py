@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from factorflow.actions.base import ActionHandler
@@ -50,6 +52,18 @@ class ConnectorFactory(Protocol):
     def create(
         self, settings: Any, http: httpx.Client, clock: Clock
     ) -> ActionHandler: ...
+
+
+@dataclass(frozen=True)
+class PlainFactory:
+    """The factory of a connector made from its settings, the HTTP client and the clock."""
+
+    kind: str
+    settings_model: type[ConnectorSettings]
+    make: Callable[[Any, httpx.Client, Clock], ActionHandler]
+
+    def create(self, settings: Any, http: httpx.Client, clock: Clock) -> ActionHandler:
+        return self.make(settings, http, clock)
 
 
 def where(request: ActionRequest) -> str:
@@ -96,6 +110,15 @@ def call(
         retry_after = parse_retry_after(response.headers.get("retry-after"), clock())
         raise TransientActionError(message, retry_after)
     raise PermanentActionError(message)
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's body as a JSON object; None if it is not JSON or not an object."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def param(request: ActionRequest, name: str, default: Any = None, *,

@@ -26,8 +26,10 @@ from pydantic import SecretStr, field_validator
 from factorflow.connectors.base import (
     Clock,
     ConnectorSettings,
+    PlainFactory,
     call,
     https_base_url,
+    json_object,
     secret_value,
     where,
 )
@@ -149,12 +151,9 @@ def _labels(request: ActionRequest, value: Any, path: str) -> list[str]:
 
 def error_summary(response: httpx.Response) -> str:
     """Jira's ``{"errorMessages": [...], "errors": {field: message}}`` on one short line."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
+    body = json_object(response)
     parts: list[str] = []
-    if isinstance(body, dict):
+    if body is not None:
         messages = body.get("errorMessages")
         if isinstance(messages, list):
             parts.extend(str(message) for message in messages if message)
@@ -211,7 +210,7 @@ class JiraConnector:
                 },
             }]
         response = self._post(request, "/rest/api/3/issue", body)
-        key = (_json_object(response) or {}).get("key")
+        key = (json_object(response) or {}).get("key")
         if not isinstance(key, str) or not key:
             # The issue may exist: a retry finds it by its label instead of creating another.
             raise TransientActionError(
@@ -255,7 +254,7 @@ class JiraConnector:
     def _find(self, request: ActionRequest, label: str) -> str | None:
         query = {"jql": f"labels = {jql_string(label)}", "fields": ["key"], "maxResults": 1}
         response = self._post(request, "/rest/api/3/search/jql", query)
-        issues = (_json_object(response) or {}).get("issues")
+        issues = (json_object(response) or {}).get("issues")
         if not isinstance(issues, list):
             raise PermanentActionError(
                 f"{where(request)}: Jira search answered without an issues list "
@@ -288,20 +287,4 @@ class JiraConnector:
         )
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    return body if isinstance(body, dict) else None
-
-
-class JiraFactory:
-    kind = KIND
-    settings_model = JiraSettings
-
-    def create(self, settings: Any, http: httpx.Client, clock: Clock) -> JiraConnector:
-        return JiraConnector(settings, http, clock)
-
-
-FACTORY = JiraFactory()
+FACTORY = PlainFactory(KIND, JiraSettings, JiraConnector)

@@ -43,10 +43,10 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from factorflow.actions.base import ActionHandler
 from factorflow.connectors.base import (
     Clock,
     ConnectorSettings,
+    PlainFactory,
     call,
     is_loopback,
     parse_retry_after,
@@ -241,12 +241,4 @@ def _without_query(url: str) -> str:
     return str(parsed.copy_with(query=None, fragment=None, username=None, password=None))
 
 
-class OktaWorkflowsFactory:
-    kind = KIND
-    settings_model = OktaWorkflowsSettings
-
-    def create(self, settings: Any, http: httpx.Client, clock: Clock) -> ActionHandler:
-        return OktaWorkflowsHandler(settings, http, clock)
-
-
-FACTORY = OktaWorkflowsFactory()
+FACTORY = PlainFactory(KIND, OktaWorkflowsSettings, OktaWorkflowsHandler)

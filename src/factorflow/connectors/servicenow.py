@@ -27,8 +27,10 @@ from pydantic import Field, SecretStr, field_validator
 from factorflow.connectors.base import (
     Clock,
     ConnectorSettings,
+    PlainFactory,
     call,
     https_base_url,
+    json_object,
     secret_value,
     where,
 )
@@ -104,12 +106,8 @@ class ServiceNowSettings(ConnectorSettings):
 
 def error_summary(response: httpx.Response) -> str:
     """ServiceNow's ``{"error": {"message", "detail"}, "status": "failure"}`` on one line."""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
     text = ""
-    error = body.get("error") if isinstance(body, dict) else None
+    error = (json_object(response) or {}).get("error")
     if isinstance(error, dict):
         text = ": ".join(str(error[part]) for part in ("message", "detail") if error.get(part))
     if not text:
@@ -284,11 +282,7 @@ class ServiceNowConnector:
 
 
 def _result(response: httpx.Response) -> Any:
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        return None
-    return body.get("result") if isinstance(body, dict) else None
+    return (json_object(response) or {}).get("result")
 
 
 def _reference(record: dict[str, Any]) -> str | None:
@@ -300,12 +294,4 @@ def _reference(record: dict[str, Any]) -> str | None:
     return None
 
 
-class ServiceNowFactory:
-    kind = KIND
-    settings_model = ServiceNowSettings
-
-    def create(self, settings: Any, http: httpx.Client, clock: Clock) -> ServiceNowConnector:
-        return ServiceNowConnector(settings, http, clock)
-
-
-FACTORY = ServiceNowFactory()
+FACTORY = PlainFactory(KIND, ServiceNowSettings, ServiceNowConnector)

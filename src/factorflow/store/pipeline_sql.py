@@ -17,7 +17,7 @@ from factorflow.okta.payloads import format_utc
 from factorflow.pipeline.ports import AttemptRecord, DeadLetter
 from factorflow.store.sql import Cursor, SqlEventStore
 
-_DEAD_LETTER_COLUMNS = (
+DEAD_LETTER_COLUMNS = (
     "id, idempotency_key, event_uuid, rule_id, action_id, kind, request, reason, attempts, "
     "created_at, status, retries, resolved_at, resolved_by"
 )
@@ -331,22 +331,22 @@ class SqlPipelineLedger:
     def dead_letters(self, status: str | None = None, limit: int = 100) -> list[DeadLetter]:
         if status is None:
             rows = self.store.read(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT ?",
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
         else:
             rows = self.store.read(
-                f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE status = ? "
+                f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE status = ? "
                 "ORDER BY id DESC LIMIT ?",
                 (status, limit),
             )
-        return [_dead_letter(row) for row in rows]
+        return [dead_letter_of(row) for row in rows]
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         rows = self.store.read(
-            f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            f"SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
         )
-        return _dead_letter(rows[0]) if rows else None
+        return dead_letter_of(rows[0]) if rows else None
 
     def resolve_dead_letter(self, dead_letter_id: int, status: str, by: str) -> bool:
         """Move an open dead letter to ``retrying``/``resolved``/``discarded``; False if it
@@ -364,7 +364,8 @@ class SqlPipelineLedger:
             return cur.rowcount == 1
 
 
-def _dead_letter(row: Any) -> DeadLetter:
+def dead_letter_of(row: Any) -> DeadLetter:
+    """A dead letter from a row of :data:`DEAD_LETTER_COLUMNS`."""
     return DeadLetter(
         id=row[0], idempotency_key=row[1], event_uuid=row[2], rule_id=row[3], action_id=row[4],
         kind=row[5], request=orjson.loads(row[6]), reason=row[7], attempts=row[8],

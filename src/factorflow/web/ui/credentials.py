@@ -9,9 +9,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import SecretStr
-
 from factorflow.errors import ConfigError
+from factorflow.secrets_source import read_secret
 from factorflow.settings import Settings
 from factorflow.web.ui.passwords import check_hash_format
 from factorflow.web.ui.signin import LocalAdmin
@@ -48,13 +47,13 @@ def resolve_ui_credentials(settings: Settings, *, generate: bool = True) -> UiCr
     nothing is written: a value still to be generated is a random stand-in.
     """
     ui = settings.ui
-    secret = _one(ui.session_secret, ui.session_secret_file, "ui.session_secret")
+    secret = read_secret(ui.session_secret, ui.session_secret_file, "ui.session_secret")
     if secret is None:
         secret = _generated(settings.data_dir / SESSION_SECRET_FILE, "ui.session_secret",
                             generate)
     elif len(secret.encode()) < 16:
         raise ConfigError("ui.session_secret must be at least 16 characters")
-    password = _one(ui.admin_password, ui.admin_password_file, "ui.admin_password")
+    password = read_secret(ui.admin_password, ui.admin_password_file, "ui.admin_password")
     hashed = ui.admin_password_hash.get_secret_value().strip() if ui.admin_password_hash else None
     if password is not None and hashed:
         raise ConfigError("ui.admin_password and ui.admin_password_hash are both set; set one")
@@ -73,7 +72,8 @@ def resolve_ui_credentials(settings: Settings, *, generate: bool = True) -> UiCr
     client_secret = None
     if oidc_configured(settings):
         oidc = settings.ui.oidc
-        client_secret = _one(oidc.client_secret, oidc.client_secret_file, "ui.oidc.client_secret")
+        client_secret = read_secret(oidc.client_secret, oidc.client_secret_file,
+                                    "ui.oidc.client_secret")
         issuer = oidc.issuer or ""
         if not issuer.startswith("https://") and not (
             oidc.allow_http_issuer and _loopback_http(issuer)
@@ -88,25 +88,6 @@ def _loopback_http(url: str) -> bool:
 
     parts = urlsplit(url)
     return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-
-
-def _one(value: SecretStr | None, path: Path | None, key: str) -> str | None:
-    if value is not None and path is not None:
-        raise ConfigError(f"{key} and {key}_file are both set; set one of them")
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}_file {path}: cannot read: {exc.strerror}") from None
-        if not text:
-            raise ConfigError(f"{key}_file {path} is empty")
-        return text
-    if value is not None:
-        text = value.get_secret_value()
-        if not text.strip():
-            raise ConfigError(f"{key} is empty")
-        return text
-    return None
 
 
 def _generated(path: Path, key: str, generate: bool) -> str:

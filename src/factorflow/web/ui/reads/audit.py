@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from factorflow.actions.audit import AuditRow, AuditVerification, verify_audit
 from factorflow.actions.base import ActionStore
 from factorflow.okta.payloads import format_utc
+from factorflow.web.ui.reads.keyset import keyset_page
 from factorflow.web.ui.reads.window import FigureCache
 
 PAGE_SIZE = 50
@@ -25,30 +26,11 @@ def audit_page(
     store: ActionStore, *, before_seq: int | None = None, after_seq: int | None = None,
     limit: int = PAGE_SIZE,
 ) -> AuditPage:
-    where: list[str] = []
-    params: list[int] = []
-    ascending = after_seq is not None and before_seq is None
-    if before_seq is not None:
-        where.append("seq < ?")
-        params.append(before_seq)
-    elif after_seq is not None:
-        where.append("seq > ?")
-        params.append(after_seq)
-    order = "ASC" if ascending else "DESC"
-    found = store.read(
-        f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where) or '1 = 1'} "
-        f"ORDER BY seq {order} LIMIT ?",
-        (*params, limit + 1),
+    rows, older, newer = keyset_page(
+        store, "audit_log", _COLUMNS, "seq", lambda row: AuditRow(int(row[0]), *row[1:]),
+        lambda row: row.seq, before=before_seq, after=after_seq, limit=limit,
     )
-    rows = [AuditRow(int(row[0]), *row[1:]) for row in found]
-    more = len(rows) > limit
-    rows = rows[:limit]
-    if ascending:
-        rows.reverse()
-        return AuditPage(rows, rows[-1].seq if rows else None,
-                         rows[0].seq if more and rows else None)
-    return AuditPage(rows, rows[-1].seq if more and rows else None,
-                     rows[0].seq if before_seq is not None and rows else None)
+    return AuditPage(rows, older, newer)
 
 
 @dataclass(frozen=True)
