@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -91,6 +92,20 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
         raise RejectedDelivery(
             400, "not_envelope", "not an Okta event hook delivery: data.events must be an array"
         )
+    stored, quarantined = check_events(events)
+    return ParsedDelivery(
+        delivery_id=_optional_str(document.get("eventId")),
+        hook_id=hook_id_from_source(document.get("source")),
+        event_time=_optional_str(document.get("eventTime")),
+        events=tuple(stored),
+        quarantined=tuple(quarantined),
+    )
+
+
+def check_events(
+    events: Sequence[Any],
+) -> tuple[list[IncomingEvent], list[QuarantinedEvent]]:
+    """:func:`check_event` for each element: the events to store and those to quarantine."""
     stored: list[IncomingEvent] = []
     quarantined: list[QuarantinedEvent] = []
     for index, event in enumerate(events):
@@ -99,13 +114,7 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
             stored.append(checked)
         else:
             quarantined.append(checked)
-    return ParsedDelivery(
-        delivery_id=_optional_str(document.get("eventId")),
-        hook_id=hook_id_from_source(document.get("source")),
-        event_time=_optional_str(document.get("eventTime")),
-        events=tuple(stored),
-        quarantined=tuple(quarantined),
-    )
+    return stored, quarantined
 
 
 def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
@@ -191,6 +200,24 @@ def format_utc(moment: datetime) -> str:
     """
     utc = moment.astimezone(UTC).replace(tzinfo=None)
     return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def seconds_between(
+    start: str | None, end: str | None, *, digits: int | None = None
+) -> float | None:
+    """Seconds from one ISO 8601 timestamp to another (rounded to ``digits`` if given), or None
+    when either is missing, not a date, or has no time zone (no instant to subtract)."""
+    if not start or not end:
+        return None
+    try:
+        began = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if began.tzinfo is None or ended.tzinfo is None:
+        return None
+    seconds = (ended - began).total_seconds()
+    return seconds if digits is None else round(seconds, digits)
 
 
 def hook_id_from_source(source: Any) -> str | None:

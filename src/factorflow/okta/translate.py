@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
 from typing import Any
 
 from factorflow.domain.factors import UNKNOWN_FACTOR_TYPE, strength_of
@@ -23,7 +22,7 @@ from factorflow.domain.facts import (
     Person,
 )
 from factorflow.okta.factors import from_authenticator, from_friendly_name
-from factorflow.okta.payloads import normalise_timestamp
+from factorflow.okta.payloads import normalise_timestamp, seconds_between
 
 KINDS: dict[str, EventKind] = {
     "user.mfa.factor.activate": EventKind.ENROLLMENT,
@@ -81,7 +80,7 @@ def to_fact(
         published=published,
         published_at=published_at,
         received_at=received_at,
-        delay_seconds=_delay(published_at, received_at),
+        delay_seconds=seconds_between(published_at, received_at, digits=3),
         engine=_engine(event, enrollment, auth_context, debug),
         client=_client(event),
         transaction_id=_text(transaction.get("id")),
@@ -230,18 +229,6 @@ def _client(event: dict[str, Any]) -> Client:
 def _chain_ips(chain: Any) -> tuple[str, ...]:
     return tuple(ip for ip in (_text(hop.get("ip")) for hop in _dicts(chain)) if ip)
 
-
-def _delay(published_at: str | None, received_at: str | None) -> float | None:
-    if not published_at or not received_at:
-        return None
-    try:
-        start = datetime.fromisoformat(published_at.replace("Z", "+00:00"))
-        end = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if start.tzinfo is None or end.tzinfo is None:  # no zone, no instant to subtract
-        return None
-    return round((end - start).total_seconds(), 3)
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -135,14 +135,9 @@ class Pipeline:
         Run again for the same ``run_id`` (the step was interrupted after its commit), the
         decision keeps the enrichment it was recorded with rather than looking the user up
         again, so what is acted on is what the decision record says."""
-        try:
-            fact = self.fact_of(uuid)
-        except EventMissing as exc:
-            return {"status": MISSING, "reason": str(exc)}
-        reason = self._screen(fact)
-        if reason is not None:
-            self._save_filtered(fact, reason)
-            return {"status": FILTERED, "reason": reason}
+        fact = self._admitted(uuid)
+        if isinstance(fact, dict):
+            return fact
         self._log_prepared(fact, None)
         snapshot = self.facts.decision_snapshot(uuid, run_id)
         if snapshot is None:
@@ -157,6 +152,16 @@ class Pipeline:
 
     def prepare(self, uuid: str) -> dict[str, Any]:
         """Normalise and screen; the fact is saved with its status either way."""
+        fact = self._admitted(uuid)
+        if isinstance(fact, dict):
+            return fact
+        self.facts.save_fact(fact, "pending", None)
+        self._log_prepared(fact, None)
+        return {"status": READY, "reason": None}
+
+    def _admitted(self, uuid: str) -> Fact | dict[str, Any]:
+        """The event's fact if it passes screening; otherwise the step's result (missing, or
+        filtered, the fact then saved with its reason)."""
         try:
             fact = self.fact_of(uuid)
         except EventMissing as exc:
@@ -165,9 +170,7 @@ class Pipeline:
         if reason is not None:
             self._save_filtered(fact, reason)
             return {"status": FILTERED, "reason": reason}
-        self.facts.save_fact(fact, "pending", None)
-        self._log_prepared(fact, None)
-        return {"status": READY, "reason": None}
+        return fact
 
     def _screen(self, fact: Fact) -> str | None:
         reason = screen(fact, self.policy)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from factorflow.okta.payloads import format_utc
+from factorflow.okta.payloads import format_utc, seconds_between
 from factorflow.store import delivery_rollup
-from factorflow.store.system_log import SystemLogLedger, seconds_between
+from factorflow.store.system_log import SystemLogLedger
 
 if TYPE_CHECKING:
     from factorflow.store.sql import SqlEventStore

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from factorflow.okta.payloads import format_utc
+from factorflow.okta.payloads import format_utc, seconds_between
 from factorflow.store.log_copies import BOTH, DELIVERY_FAILURE_TYPE, HOOK, LOG
 
 if TYPE_CHECKING:
@@ -166,16 +166,7 @@ class Tally:
 
 def hook_delay(published_at: str | None, received_at: str | None) -> float | None:
     """Seconds from published to received, to the millisecond (as a fact's delay_seconds)."""
-    if not published_at or not received_at:
-        return None
-    try:
-        start = datetime.fromisoformat(published_at.replace("Z", "+00:00"))
-        end = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if start.tzinfo is None or end.tzinfo is None:
-        return None
-    return round((end - start).total_seconds(), 3)
+    return seconds_between(published_at, received_at, digits=3)
 
 
 def _add_event(tally: Tally, row: Sequence[Any]) -> None:

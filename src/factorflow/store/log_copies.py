@@ -17,10 +17,9 @@ System Log brought or confirmed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from factorflow.okta.payloads import IncomingEvent
+from factorflow.okta.payloads import IncomingEvent, seconds_between
 from factorflow.store.base import UUID_CONFLICT
 
 HOOK = "hook"
@@ -189,15 +188,3 @@ def _recovered(cur: Cursor, uuid: str) -> bool:
         "SELECT recovered FROM system_log_confirmations WHERE event_uuid = ?", (uuid,)
     ).fetchone()
     return row is not None and bool(row[0])
-
-
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    """Seconds from one of our UTC timestamps to another (None if either is missing)."""
-    if not start or not end:
-        return None
-    try:
-        began = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (ended - began).total_seconds()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from factorflow.okta.payloads import IncomingEvent, check_event, format_utc
+from factorflow.okta.payloads import check_events, format_utc
 from factorflow.store.log_copies import (
     BOTH,
     DELIVERY_FAILURE_TYPE,
@@ -22,7 +22,6 @@ from factorflow.store.log_copies import (
     LOG,
     Cursor,
     quarantine,
-    seconds_between,
     store_copies,
 )
 
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 
 __all__ = ["BOTH", "DELIVERY_FAILURE_TYPE", "HOOK", "LOG", "Confirmation", "PageOutcome",
-           "ReconcilerState", "SystemLogLedger", "seconds_between"]
+           "ReconcilerState", "SystemLogLedger"]
 
 _STATE_COLUMNS = (
     "org, cursor_published, polled_at, next_url, filter, started_since, pages_read, "
@@ -162,14 +161,7 @@ class SystemLogLedger:
         """Store one page of System Log events and move the cursor, in one transaction: after
         a crash either both happened or neither, and the page is read again."""
         received_at = format_utc(self._clock())
-        good: list[IncomingEvent] = []
-        broken = []
-        for index, item in enumerate(events):
-            checked = check_event(item, index)
-            if isinstance(checked, IncomingEvent):
-                good.append(checked)
-            else:
-                broken.append(checked)
+        good, broken = check_events(events)
         newest = max((e.published_at for e in good if e.published_at), default=None)
         with self.store.write() as cur:
             counts = store_copies(cur, org, good, received_at)

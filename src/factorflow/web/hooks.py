@@ -212,6 +212,7 @@ class _SlowBodyWatch:
 
     def forget(self, task: asyncio.Task[Any]) -> None:
         self._deadlines.pop(task, None)
+        self._expired.discard(task)  # swept just as its body arrived: hold no reference
 
     def timed_out(self, task: asyncio.Task[Any]) -> bool:
         if task not in self._expired:
