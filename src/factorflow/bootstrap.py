@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from factorflow.secrets_source import resolve_credentials
 from factorflow.settings import Settings
 from factorflow.store.factory import open_store
 from factorflow.store.group_commit import GroupCommitter
+from factorflow.store.intake import Intake, ThreadIntake
 from factorflow.store.sql import SqlEventStore
 from factorflow.web.app import FactorflowApp
 from factorflow.web.hooks import HookEndpoint
@@ -55,22 +56,35 @@ def build_app(
         if opened:
             store.close()
         raise
-    committer = GroupCommitter(
-        store, max_batch=settings.store.max_batch,
-        on_new_events=engine.wake if engine is not None else None,
-    )
+    intake = build_intake(settings, store, engine.wake if engine is not None else None)
     metrics = ReceiverMetrics()
     register_store_metrics(metrics.registry, settings, store, engine)
     hooks = {
         org.hook.path: HookEndpoint(
-            org=org.name, credentials=credentials[org.name], committer=committer,
+            org=org.name, credentials=credentials[org.name], intake=intake,
             metrics=metrics, max_body_bytes=org.hook.max_body_bytes,
         )
         for org in orgs
     }
     return FactorflowApp(
-        store=store, committer=committer, metrics=metrics, hooks=hooks, background=engine,
+        store=store, intake=intake, metrics=metrics, hooks=hooks, background=engine,
         extra_routes=ui_routes, on_close=ui_close, metrics_route=settings.metrics.on_main_port,
+    )
+
+
+def build_intake(
+    settings: Settings, store: SqlEventStore, on_new_events: Callable[[], None] | None
+) -> Intake:
+    """Where hook bodies are parsed and committed (``[store] intake``)."""
+    if settings.store.intake == "thread":
+        return ThreadIntake(GroupCommitter(
+            store, max_batch=settings.store.max_batch, on_new_events=on_new_events,
+        ))
+    from factorflow.store.commit_process import ProcessIntake
+
+    return ProcessIntake(
+        settings.store_url(), max_batch=settings.store.max_batch, on_new_events=on_new_events,
+        log_format=settings.log.format, log_level=settings.log.level,
     )
 
 

@@ -121,6 +121,11 @@ class StoreSettings(_Section):
         None, description="sqlite:///path or postgresql://...; default: a file in data_dir"
     )
     max_batch: int = Field(256, ge=1, le=10_000)
+    intake: Literal["process", "thread"] = Field(
+        "process",
+        description="where hook bodies are parsed and committed: a child process (default) "
+        "or a thread of the server process",
+    )
 
 
 class RetryPolicySettings(_Section):

@@ -113,29 +113,12 @@ class GroupCommitter:
         self._hand_back(self._finished)
 
     def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            outcomes: list[DeliveryOutcome | BaseException] = list(
-                self._store.record([pending.receipt for pending in batch])
-            )
-        except StoreUnavailable as exc:
-            if len(batch) == 1:
-                self._hand_back(self._settle_all, batch, [exc], False)
-                return
-            # One bad delivery must not fail its neighbours: commit them one by one.
-            log.warning("store.batch_failed", extra={"fields": {"batch": len(batch)}})
-            for pending in batch:
-                self._commit([pending])
-            return
-        except Exception:  # a bug must answer these requests with 503, not leave them hanging
-            log.exception("store.commit_crashed", extra={"fields": {"batch": len(batch)}})
-            crashed = StoreUnavailable("internal error while committing")
-            self._hand_back(self._settle_all, batch, [crashed] * len(batch), False)
-            return
+        outcomes = record_each(self._store, [pending.receipt for pending in batch])
         if self._on_new_events is not None and any(
             isinstance(o, DeliveryOutcome) and o.new for o in outcomes
         ):
             self._on_new_events()
-        self._hand_back(self._settle_all, batch, outcomes, True)
+        self._hand_back(self._settle_all, batch, outcomes)
 
     # -- back on the event loop ----------------------------------------------------------
 
@@ -143,11 +126,11 @@ class GroupCommitter:
         self,
         batch: list[_Pending],
         results: Sequence[DeliveryOutcome | BaseException],
-        committed: bool,
     ) -> None:
-        if committed:
+        stored = sum(1 for result in results if isinstance(result, DeliveryOutcome))
+        if stored:
             self.batches += 1
-            self.committed += len(batch)
+            self.committed += stored
         for pending, result in zip(batch, results, strict=True):
             if pending.done.done():  # the request was cancelled (client went away)
                 continue
@@ -167,3 +150,26 @@ class GroupCommitter:
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             log.warning("store.commit_outcome_dropped", extra={"fields": {
                 "reason": "event loop closed"}})
+
+
+def record_each(
+    store: RecordingStore, receipts: Sequence[Receipt]
+) -> list[DeliveryOutcome | StoreUnavailable]:
+    """Commit ``receipts`` in one transaction; if the store refuses it, commit them one by one
+    so that one bad delivery does not fail its neighbours. Each receipt gets its outcome or
+    the StoreUnavailable that its own commit raised. Any other error is a bug: logged, and
+    every receipt of the batch gets a StoreUnavailable (so its request is answered 503
+    instead of left hanging)."""
+    try:
+        return list(store.record(receipts))
+    except StoreUnavailable as exc:
+        if len(receipts) == 1:
+            return [exc]
+        log.warning("store.batch_failed", extra={"fields": {"batch": len(receipts)}})
+        results: list[DeliveryOutcome | StoreUnavailable] = []
+        for receipt in receipts:
+            results.extend(record_each(store, [receipt]))
+        return results
+    except Exception:
+        log.exception("store.commit_crashed", extra={"fields": {"batch": len(receipts)}})
+        return [StoreUnavailable("internal error while committing")] * len(receipts)

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from factorflow.errors import StoreUnavailable
-from factorflow.store.group_commit import GroupCommitter
+from factorflow.store.intake import Intake
 from factorflow.store.migrations import latest_version
 from factorflow.store.sql import SqlEventStore
 from factorflow.web.hooks import HookEndpoint, Receive, Scope, Send
@@ -43,7 +43,7 @@ class FactorflowApp:
         self,
         *,
         store: SqlEventStore,
-        committer: GroupCommitter,
+        intake: Intake,
         metrics: ReceiverMetrics,
         hooks: dict[str, HookEndpoint],
         background: BackgroundService | None = None,
@@ -56,7 +56,7 @@ class FactorflowApp:
         # Run first when the server stops, before the store closes (a metrics port's server).
         self.on_stopping: list[Callable[[], None]] = []
         self.background = background
-        self.committer = committer
+        self.intake = intake
         self.metrics = metrics
         self.hooks = hooks
         self.ready = False
@@ -82,7 +82,7 @@ class FactorflowApp:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        self.committer.start()
+        await self.intake.start()
         if self.background is not None:
             await anyio.to_thread.run_sync(self.background.start)
         self.ready = True
@@ -94,19 +94,21 @@ class FactorflowApp:
             for stop in self.on_stopping:
                 stop()
             # The server has stopped taking requests; commit what is queued, then close.
-            await self.committer.close()
+            await self.intake.close()
             if self.background is not None:
                 await anyio.to_thread.run_sync(self.background.stop)
             self.store.close()
             for close in self._on_close:  # the dashboard's own connection
                 close()
-            log.info("receiver.stopped", extra={"fields": {"committed": self.committer.committed}})
+            log.info("receiver.stopped", extra={"fields": {"committed": self.intake.committed}})
 
     async def _healthz(self, _request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
     async def _readyz(self, _request: Request) -> Response:
         checks: dict[str, str] = {"receiver": "ok" if self.ready else "stopped"}
+        if self.ready and not self.intake.healthy:
+            checks["receiver"] = "the commit process is restarting"
         if self.background is not None:
             checks["workflows"] = self.background.problem() or "ok"
         try:

@@ -19,10 +19,9 @@ from typing import Any
 import orjson
 
 from factorflow.errors import RejectedDelivery, StoreUnavailable
-from factorflow.okta.payloads import format_utc, parse_delivery
+from factorflow.okta.payloads import format_utc
 from factorflow.secrets_source import HookCredentials
-from factorflow.store.base import Receipt
-from factorflow.store.group_commit import GroupCommitter
+from factorflow.store.intake import Intake
 from factorflow.web.metrics import ReceiverMetrics
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class HookEndpoint:
         *,
         org: str,
         credentials: HookCredentials,
-        committer: GroupCommitter,
+        intake: Intake,
         metrics: ReceiverMetrics,
         max_body_bytes: int,
     ) -> None:
@@ -54,7 +53,7 @@ class HookEndpoint:
         self.header_name = credentials.header
         self._header = credentials.header.lower().encode("latin-1")
         self._accepted = credentials.accepted
-        self._committer = committer
+        self._intake = intake
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._counts = metrics.org(org)
@@ -138,25 +137,18 @@ class HookEndpoint:
             ) from None
         finally:
             _SLOW_BODIES.forget(task)
-        delivery = parse_delivery(body)
-        receipt = Receipt(
-            delivery_id=delivery.delivery_id,
-            hook_id=delivery.hook_id,
-            received_at=_RECEIVED_AT.now(),
-            org=self.org,
-            delivery=delivery,
-        )
         try:
-            outcome = await self._committer.submit(receipt)
+            stored = await self._intake.store(self.org, _RECEIVED_AT.now(), body)
         except StoreUnavailable as exc:
             self._metrics.rejected.labels(self.org, "store_unavailable").inc()
             log.error("hook.store_failed", extra={"fields": {
-                "org": self.org, "delivery_id": delivery.delivery_id, "error": str(exc),
+                "org": self.org, "error": str(exc),
             }})
             await _respond(send, 503, _error(
                 "store_unavailable", "events could not be stored; retry later"
             ), extra=[(b"retry-after", b"1")])
             return
+        outcome = stored.outcome
         result = (
             f"new={outcome.new} duplicate={outcome.duplicate} quarantined={outcome.quarantined}"
         )
@@ -171,12 +163,11 @@ class HookEndpoint:
         )
         if log.isEnabledFor(logging.DEBUG):
             log.debug("hook.stored", extra={"fields": {
-                "org": self.org, "delivery_id": delivery.delivery_id,
-                "uuids": [e.uuid for e in delivery.events], "result": result,
+                "org": self.org, "delivery_id": stored.delivery_id, "result": result,
             }})
         if outcome.quarantined:
             log.warning("hook.quarantined", extra={"fields": {
-                "org": self.org, "delivery_id": delivery.delivery_id,
+                "org": self.org, "delivery_id": stored.delivery_id,
                 "count": outcome.quarantined,
             }})
 

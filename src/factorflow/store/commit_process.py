@@ -1,0 +1,419 @@
+"""The commit process: parsing and the group commit of hook deliveries in a child process.
+
+``factorflow serve`` starts one child (``python -m factorflow.store.commit_process``) and talks
+to it over a socket pair. The event loop writes the bodies of the requests it has read (with
+their org and receipt time) in one write per loop iteration; the child reads whatever has
+arrived, parses each body, commits the events of all of them in one transaction, and writes one
+answer for the whole batch: per delivery, what was stored, why the body was refused (400), or
+that the commit failed (503). Answers come back in the order the requests were sent. While the
+child commits, the next requests are read and queue up in the socket, so each commit takes
+everything that arrived during the one before it.
+
+Why a process (decision 14): in one process the commit thread's Python code and the event loop
+share the interpreter lock, and each SQLite statement gives the lock up and must wait to get it
+back; the loop sat idle a third of the time waiting for commits that were themselves waiting for
+the lock. In its own process the commit runs on the other core.
+
+Failure handling: if the child dies, every request waiting on it is answered 503 (Okta retries)
+and a new child is started; a request that arrives meanwhile gets 503 at once. A commit that
+the child finished after the server died is harmless: nothing was acknowledged, and Okta's retry
+is recognised as a duplicate. The child exits when its socket closes (the server is gone).
+
+Frames, parent to child: ``<BHHI`` (kind, org length, receipt-time length, body length) and
+the three byte strings; kind 1 is a delivery, 2 asks the child to answer what it has and exit,
+3 carries the child's configuration (JSON) and comes first. Child to parent: ``<I`` length and
+a JSON array: ``["ready"]`` once the store is open, ``["failed", message]`` if it could not be
+opened, then one array per batch with one entry per delivery: ``[0, delivery_id, total, new,
+duplicate, quarantined]``, ``[1, status, code, message]`` (refused), ``[2, message]`` (commit
+failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from factorflow.errors import RejectedDelivery, StoreUnavailable
+from factorflow.store.base import DeliveryOutcome
+from factorflow.store.intake import Stored
+
+log = logging.getLogger(__name__)
+
+_HEAD = struct.Struct("<BHHI")
+_LENGTH = struct.Struct("<I")
+DELIVERY, STOP, CONFIG = 1, 2, 3
+OK, REFUSED, FAILED = 0, 1, 2
+START_TIMEOUT_SECONDS = 60.0
+RESTART_DELAY_SECONDS = 1.0
+_READ_SIZE = 1 << 20
+
+
+def _frame(kind: int, org: bytes, received_at: bytes, body: bytes) -> bytes:
+    return _HEAD.pack(kind, len(org), len(received_at), len(body)) + org + received_at + body
+
+
+# -- the event loop's side ------------------------------------------------------------------
+
+
+class _Answers(asyncio.Protocol):
+    """Reads the child's answer frames and hands each decoded array to ``on_answer``."""
+
+    def __init__(self, on_answer: Callable[[list[Any]], None],
+                 on_lost: Callable[[Exception | None], None]) -> None:
+        self._on_answer = on_answer
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, start)
+            end = start + _LENGTH.size + size
+            if len(buffer) < end:
+                break
+            self._on_answer(orjson.loads(memoryview(buffer)[start + _LENGTH.size:end]))
+            start = end
+        if start:
+            del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+
+class ProcessIntake:
+    """Hands bodies to the commit process and waits for their answers (see the module doc)."""
+
+    def __init__(
+        self,
+        store_url: str,
+        *,
+        max_batch: int = 256,
+        on_new_events: Callable[[], None] | None = None,
+        log_format: str = "json",
+        log_level: str = "INFO",
+    ) -> None:
+        self._config = orjson.dumps({
+            "store_url": store_url, "max_batch": max_batch,
+            "log_format": log_format, "log_level": log_level,
+        })
+        self._on_new_events = on_new_events
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._outgoing: list[bytes] = []
+        self._flush_scheduled = False
+        self._ready: asyncio.Future[None] | None = None
+        self._closing = False
+        self._restart: asyncio.TimerHandle | None = None
+        self._orgs: dict[str, bytes] = {}
+        self.committed = 0
+        self.restarts = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._transport is not None and self._ready is not None and (
+            self._ready.done() and self._ready.exception() is None
+        )
+
+    async def start(self) -> None:
+        """Start the child and wait until its store is open; StoreUnavailable if it fails."""
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        assert self._loop is not None
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "factorflow.store.commit_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        self._ready = self._loop.create_future()
+        self._waiting.clear()
+        self._waiting.append(self._ready)
+        transport, _ = await self._loop.create_unix_connection(
+            lambda: _Answers(self._answered, self._lost), sock=ours
+        )
+        self._transport = transport
+        transport.write(_frame(CONFIG, b"", b"", self._config))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_SECONDS)
+        except (TimeoutError, StoreUnavailable) as exc:
+            self._stop_child()
+            raise StoreUnavailable(f"the commit process did not start: {exc}") from None
+
+    async def store(self, org: str, received_at: str, body: bytes) -> Stored:
+        if self._closing or not self.healthy:
+            raise StoreUnavailable("the commit process is not running")
+        loop = self._loop
+        assert loop is not None
+        done: asyncio.Future[Stored] = loop.create_future()
+        name = self._orgs.get(org)
+        if name is None:
+            name = self._orgs[org] = org.encode()
+        self._outgoing.append(_frame(DELIVERY, name, received_at.encode(), body))
+        self._waiting.append(done)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await done
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outgoing and self._transport is not None:
+            self._transport.write(b"".join(self._outgoing))
+        self._outgoing.clear()
+
+    def _answered(self, answer: list[Any]) -> None:
+        if answer and isinstance(answer[0], str):  # "ready" or "failed"
+            ready = self._waiting.popleft()
+            if answer[0] == "ready":
+                ready.set_result(None)
+            else:
+                ready.set_exception(StoreUnavailable(str(answer[1])))
+            return
+        new = False
+        for entry in answer:
+            done = self._waiting.popleft()
+            kind = entry[0]
+            if kind == OK:
+                outcome = DeliveryOutcome(entry[2], entry[3], entry[4], entry[5])
+                new = new or outcome.new > 0
+                self.committed += 1
+                if not done.done():
+                    done.set_result(Stored(entry[1], outcome))
+            elif done.done():  # the request went away meanwhile
+                continue
+            elif kind == REFUSED:
+                done.set_exception(RejectedDelivery(entry[1], entry[2], entry[3]))
+            else:
+                done.set_exception(StoreUnavailable(entry[1]))
+        if new and self._on_new_events is not None:
+            self._on_new_events()
+
+    def _lost(self, exc: Exception | None) -> None:
+        deliberate = self._transport is None  # closed by _stop_child or close()
+        self._transport = None
+        self._outgoing.clear()
+        waiting, self._waiting = self._waiting, collections.deque()
+        for done in waiting:
+            if not done.done():
+                done.set_exception(StoreUnavailable("the commit process stopped"))
+        if self._closing or deliberate:
+            return
+        code = self._process.poll() if self._process is not None else None
+        log.error("store.commit_process_lost", extra={"fields": {
+            "exit_code": code, "pending": len(waiting),
+            "restart_in_seconds": RESTART_DELAY_SECONDS,
+        }})
+        self._stop_child()
+        if self._loop is not None and self._restart is None:
+            self._restart = self._loop.call_later(RESTART_DELAY_SECONDS, self._respawn)
+
+    def _respawn(self) -> None:
+        assert self._loop is not None
+        self._restart = None
+        if self._closing:
+            return
+        self.restarts += 1
+        task = self._loop.create_task(self._spawn())
+
+        def started(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is not None:
+                log.error("store.commit_process_restart_failed", extra={"fields": {
+                    "error": None if task.cancelled() else str(task.exception()),
+                }})
+                if not self._closing and self._loop is not None and self._restart is None:
+                    self._restart = self._loop.call_later(RESTART_DELAY_SECONDS, self._respawn)
+            else:
+                log.info("store.commit_process_restarted")
+
+        task.add_done_callback(started)
+
+    async def close(self) -> None:
+        """Let the child commit and answer what it was sent, then stop it."""
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        self._flush()
+        if self._transport is not None:
+            pending = [done for done in self._waiting if not done.done()]
+            self._transport.write(_frame(STOP, b"", b"", b""))
+            if pending:
+                await asyncio.wait(pending)
+        process = self._process
+        if process is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, process.wait), 30)
+            except TimeoutError:
+                process.kill()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self._process = None
+
+    def _stop_child(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+        if process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+
+# -- the child ------------------------------------------------------------------------------
+
+
+class _Child:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._store: Any = None
+        self._max_batch = 256
+
+    def _send(self, answer: list[Any]) -> None:
+        data = orjson.dumps(answer)
+        self._sock.sendall(_LENGTH.pack(len(data)) + data)
+
+    def _frames(self) -> tuple[list[tuple[int, bytes, bytes, bytes]], bool]:
+        """The complete frames now in the buffer (at most max_batch), and whether the socket
+        is still open. Blocks until at least one frame is complete."""
+        frames: list[tuple[int, bytes, bytes, bytes]] = []
+        buffer = self._buffer
+        while True:
+            start = 0
+            while len(frames) < self._max_batch and len(buffer) - start >= _HEAD.size:
+                kind, org_len, at_len, body_len = _HEAD.unpack_from(buffer, start)
+                begin = start + _HEAD.size
+                end = begin + org_len + at_len + body_len
+                if len(buffer) < end:
+                    break
+                org = bytes(buffer[begin:begin + org_len])
+                at = bytes(buffer[begin + org_len:begin + org_len + at_len])
+                frames.append((kind, org, at, bytes(buffer[begin + org_len + at_len:end])))
+                start = end
+            if start:
+                del buffer[:start]
+            if frames:
+                return frames, True
+            chunk = self._sock.recv(_READ_SIZE)
+            if not chunk:
+                return frames, False
+            buffer += chunk
+
+    def run(self) -> int:
+        # Ctrl-C and SIGTERM reach the whole process group; the server handles them and then
+        # tells this process to finish (STOP), so that requests in flight are still answered.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        frames, open_ = self._frames()
+        if not open_ or frames[0][0] != CONFIG:
+            return 2
+        config = orjson.loads(frames[0][3])
+        from factorflow.logs import configure_logging
+
+        configure_logging(config["log_format"], config["log_level"])
+        self._max_batch = int(config["max_batch"])
+        try:
+            from factorflow.store.factory import open_store
+
+            self._store = open_store(config["store_url"], migrate=False)
+            self._store.check_writable()
+        except StoreUnavailable as exc:  # told to the parent, which refuses to start
+            self._send(["failed", f"could not open the store: {exc}"])
+            return 1
+        except Exception as exc:
+            self._send(["failed", f"could not open the store: {type(exc).__name__}"])
+            return 1
+        self._send(["ready"])
+        rest = frames[1:]
+        try:
+            while True:
+                stopping = any(kind == STOP for kind, *_ in rest)
+                deliveries = [frame for frame in rest if frame[0] == DELIVERY]
+                if deliveries:
+                    self._send(self._commit(deliveries))
+                if stopping:
+                    return 0
+                rest, open_ = self._frames()
+                if not open_:
+                    return 0
+        except (BrokenPipeError, ConnectionResetError):
+            return 0  # the server is gone; nobody waits for an answer
+        finally:
+            self._store.close()
+
+    def _commit(self, frames: list[tuple[int, bytes, bytes, bytes]]) -> list[list[Any]]:
+        from factorflow.okta.payloads import parse_delivery
+        from factorflow.store.base import Receipt
+        from factorflow.store.group_commit import record_each
+
+        answers: list[list[Any] | None] = []
+        receipts: list[Receipt] = []
+        for _, org, received_at, body in frames:
+            try:
+                delivery = parse_delivery(body)
+            except RejectedDelivery as refused:
+                answers.append([REFUSED, refused.status, refused.code, refused.message])
+                continue
+            except Exception:  # a bug in parsing: answer 503, keep serving the others
+                log.exception("store.parse_crashed")
+                answers.append([FAILED, "internal error while parsing"])
+                continue
+            receipts.append(Receipt(
+                delivery_id=delivery.delivery_id, hook_id=delivery.hook_id,
+                received_at=received_at.decode(), org=org.decode(), delivery=delivery,
+            ))
+            answers.append(None)
+        results = iter(record_each(self._store, receipts) if receipts else [])
+        done: list[list[Any]] = []
+        stored = iter(receipts)
+        for answer in answers:
+            if answer is not None:
+                done.append(answer)
+                continue
+            receipt = next(stored)
+            result = next(results)
+            if isinstance(result, DeliveryOutcome):
+                done.append([OK, receipt.delivery_id, result.total, result.new,
+                             result.duplicate, result.quarantined])
+            else:
+                done.append([FAILED, str(result)])
+        return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=int(args[0]))
+    try:
+        return _Child(sock).run()
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

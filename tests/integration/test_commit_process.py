@@ -1,0 +1,225 @@
+"""The commit process: hook bodies parsed and committed in a child of the server.
+
+What is checked: deliveries pass through it whole (large bodies, several orgs), a killed child
+turns into 503s (never a lost acknowledgement) and is replaced, a child that cannot open its
+store stops the server from starting with an error that holds no secret, a child whose server
+was killed exits by itself, and the in-process ``thread`` intake answers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+from tests.acceptance.serverproc import ServerProcess, wait_until
+from tests.conftest import SECRET, make_settings
+from tests.integration.test_hook_endpoint import (
+    HOOK,
+    assert_error,
+    delivery,
+    okta_event,
+    result_header,
+    snapshot,
+    store_of,
+)
+
+from factorflow.bootstrap import build_app
+from factorflow.errors import StoreUnavailable
+from factorflow.settings import Settings
+from factorflow.store import commit_process
+from factorflow.store.commit_process import ProcessIntake
+
+
+def child_of(client: TestClient) -> ProcessIntake:
+    intake = client.app.intake  # type: ignore[attr-defined]
+    assert isinstance(intake, ProcessIntake)
+    return intake
+
+
+@pytest.fixture
+def slow_restart(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A restart delay long enough that the test sees the gap between death and restart."""
+    delay = 3.0
+    monkeypatch.setattr(commit_process, "RESTART_DELAY_SECONDS", delay)
+    return delay
+
+
+def test_the_default_intake_is_a_child_process(client: TestClient,
+                                               auth: dict[str, str]) -> None:
+    intake = child_of(client)
+    assert intake.healthy
+    pid = intake._process.pid  # type: ignore[union-attr]
+    assert pid != os.getpid()
+    response = client.post(HOOK, content=delivery([okta_event("through-the-child")]),
+                           headers=auth)
+    assert response.status_code == 204
+    assert result_header(response) == "new=1 duplicate=0 quarantined=0"
+    assert store_of(client).get_event("through-the-child") is not None
+    assert intake.committed == 1
+
+
+def test_a_large_delivery_passes_through_whole(tmp_path: Path, auth: dict[str, str]) -> None:
+    """A body near the 1 MiB limit crosses the socket in many pieces and is parsed whole."""
+    settings = make_settings(tmp_path)
+    events = [okta_event(f"large-{n:04d}", displayMessage="x" * 2000) for n in range(400)]
+    body = delivery(events, "large-delivery")
+    assert 900_000 < len(body) < settings.hook.max_body_bytes
+    with TestClient(build_app(settings)) as client:
+        response = client.post(HOOK, content=body, headers=auth)
+        assert response.status_code == 204
+        assert result_header(response) == "new=400 duplicate=0 quarantined=0"
+        store = store_of(client)
+        assert store.counts()["events"] == 400
+        stored = store.get_event("large-0399")
+        assert stored is not None
+
+
+def test_refusals_from_the_child_keep_their_status_and_message(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """The body is parsed in the child; its 400s reach the caller unchanged, and requests
+    refused and accepted in one batch each get their own answer."""
+    good = delivery([okta_event("batch-neighbour")], "good")
+
+    async def all_at_once() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            return list(await asyncio.gather(
+                http.post(HOOK, content=b"{not json", headers=auth),
+                http.post(HOOK, content=good, headers=auth),
+                http.post(HOOK, content=b"[1, 2]", headers=auth),
+            ))
+
+    bad_json, accepted, not_object = client.portal.call(all_at_once)  # type: ignore[union-attr]
+    assert bad_json.status_code == 400
+    assert bad_json.json()["error"] == "invalid_json"
+    assert bad_json.json()["message"].startswith("body is not valid JSON")
+    assert accepted.status_code == 204
+    assert_error(not_object, 400, "not_envelope",
+                 "body is JSON but not an object: expected an Okta event hook")
+    assert store_of(client).counts() == {"events": 1, "deliveries": 1, "quarantined": 0}
+
+
+def test_a_killed_child_answers_503_and_is_replaced(
+    client: TestClient, auth: dict[str, str], slow_restart: float
+) -> None:
+    first = client.post(HOOK, content=delivery([okta_event("before-crash")], "before"),
+                        headers=auth)
+    assert first.status_code == 204
+    before = snapshot(store_of(client))
+    intake = child_of(client)
+    process = intake._process
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+    body = delivery([okta_event("during-restart")], "during")
+    refused = client.post(HOOK, content=body, headers=auth)
+    assert_error(refused, 503, "store_unavailable", "events could not be stored; retry later")
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["receiver"] == "the commit process is restarting"
+
+    wait_until(lambda: client.get("/readyz").status_code == 200, "a new commit process",
+               timeout=slow_restart + 30)
+    assert intake.restarts == 1
+    assert intake._process is not None and intake._process.pid != process.pid
+    retry = client.post(HOOK, content=body, headers=auth)
+    assert retry.status_code == 204
+    assert result_header(retry) == "new=1 duplicate=0 quarantined=0"
+    after = snapshot(store_of(client))
+    assert set(before["events"]) <= set(after["events"])
+    assert after["counts"] == {"events": 2, "deliveries": 2, "quarantined": 0}
+
+
+def test_a_child_that_cannot_open_its_store_stops_the_start_without_the_password() -> None:
+    password = "not-a-real-password-5d1c"
+    intake = ProcessIntake(f"postgresql://factorflow:{password}@127.0.0.1:1/none")
+
+    async def start() -> None:
+        await intake.start()
+
+    with pytest.raises(StoreUnavailable) as refused:
+        asyncio.run(start())
+    message = str(refused.value)
+    assert message.startswith("the commit process did not start: could not open the store: ")
+    assert password not in message
+    assert intake._process is None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path, secret=SECRET, args=["--no-worker"]) as proc:
+        proc.start()
+        yield proc
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_child_of_a_killed_server_exits_by_itself(server: ServerProcess) -> None:
+    response = server.post(delivery([okta_event("acknowledged-before-kill")]))
+    assert response.status_code == 204
+    children = _children(server.pid)
+    assert len(children) == 1, children
+    server.kill9()
+    wait_until(lambda: not _alive(children[0]), "the orphaned commit process to exit",
+               timeout=20)
+
+
+def test_a_graceful_stop_stops_the_child_too(server: ServerProcess) -> None:
+    children = _children(server.pid)
+    assert len(children) == 1, children
+    assert server.terminate() == 0
+    deadline = time.monotonic() + 10
+    while _alive(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children[0])
+
+
+@pytest.fixture
+def thread_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, store={"intake": "thread"})
+
+
+def test_the_thread_intake_answers_like_the_process(
+    thread_settings: Settings, auth: dict[str, str]
+) -> None:
+    with TestClient(build_app(thread_settings)) as client:
+        assert not isinstance(client.app.intake, ProcessIntake)  # type: ignore[attr-defined]
+        body = delivery([okta_event("in-thread"), okta_event("in-thread-bad", published="no")])
+        stored = client.post(HOOK, content=body, headers=auth)
+        assert stored.status_code == 204
+        assert result_header(stored) == "new=1 duplicate=0 quarantined=1"
+        again = client.post(HOOK, content=body, headers=auth)
+        assert result_header(again) == "new=0 duplicate=1 quarantined=1"
+        refused = client.post(HOOK, content=b"{", headers=auth)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid_json"
+        assert store_of(client).counts() == {"events": 1, "deliveries": 2, "quarantined": 2}
