@@ -19,9 +19,10 @@ and a new child is started; a request that arrives meanwhile gets 503 at once. A
 the child finished after the server died is harmless: nothing was acknowledged, and Okta's retry
 is recognised as a duplicate. The child exits when its socket closes (the server is gone).
 
-Frames, parent to child: ``<BHHI`` (kind, org length, receipt-time length, body length) and
-the three byte strings; kind 1 is a delivery, 2 asks the child to answer what it has and exit,
-3 carries the child's configuration (JSON) and comes first. Child to parent: ``<I`` length and
+Frames, parent to child: ``<BHId`` (kind, org length, body length, receipt time in seconds
+since the epoch) and the two byte strings; kind 1 is a delivery, 2 asks the child to answer
+what it has and exit, 3 carries the child's configuration (JSON) and comes first. Child to
+parent: ``<I`` length and
 a JSON array: ``["ready"]`` once the store is open, ``["failed", message]`` if it could not be
 opened, then one array per batch with one entry per delivery: ``[0, delivery_id, total, new,
 duplicate, quarantined]``, ``[1, status, code, message]`` (refused), ``[2, message]`` (commit
@@ -46,12 +47,14 @@ from typing import Any
 import orjson
 
 from factorflow.errors import RejectedDelivery, StoreUnavailable
-from factorflow.store.base import DeliveryOutcome
-from factorflow.store.intake import Stored
+from factorflow.okta.payloads import parse_delivery
+from factorflow.store.base import DeliveryOutcome, Receipt
+from factorflow.store.group_commit import record_each
+from factorflow.store.intake import ReceiptClock, Stored
 
 log = logging.getLogger(__name__)
 
-_HEAD = struct.Struct("<BHHI")
+_HEAD = struct.Struct("<BHId")
 _LENGTH = struct.Struct("<I")
 DELIVERY, STOP, CONFIG = 1, 2, 3
 OK, REFUSED, FAILED = 0, 1, 2
@@ -60,8 +63,8 @@ RESTART_DELAY_SECONDS = 1.0
 _READ_SIZE = 1 << 20
 
 
-def _frame(kind: int, org: bytes, received_at: bytes, body: bytes) -> bytes:
-    return _HEAD.pack(kind, len(org), len(received_at), len(body)) + org + received_at + body
+def _frame(kind: int, org: bytes, body: bytes, received: float = 0.0) -> bytes:
+    return _HEAD.pack(kind, len(org), len(body), received) + org + body
 
 
 # -- the event loop's side ------------------------------------------------------------------
@@ -153,14 +156,14 @@ class ProcessIntake:
             lambda: _Answers(self._answered, self._lost), sock=ours
         )
         self._transport = transport
-        transport.write(_frame(CONFIG, b"", b"", self._config))
+        transport.write(_frame(CONFIG, b"", self._config))
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_SECONDS)
         except (TimeoutError, StoreUnavailable) as exc:
             self._stop_child()
             raise StoreUnavailable(f"the commit process did not start: {exc}") from None
 
-    async def store(self, org: str, received_at: str, body: bytes) -> Stored:
+    async def store(self, org: str, received: float, body: bytes) -> Stored:
         if self._closing or not self.healthy:
             raise StoreUnavailable("the commit process is not running")
         loop = self._loop
@@ -169,7 +172,7 @@ class ProcessIntake:
         name = self._orgs.get(org)
         if name is None:
             name = self._orgs[org] = org.encode()
-        self._outgoing.append(_frame(DELIVERY, name, received_at.encode(), body))
+        self._outgoing.append(_frame(DELIVERY, name, body, received))
         self._waiting.append(done)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -257,7 +260,7 @@ class ProcessIntake:
         self._flush()
         if self._transport is not None:
             pending = [done for done in self._waiting if not done.done()]
-            self._transport.write(_frame(STOP, b"", b"", b""))
+            self._transport.write(_frame(STOP, b"", b""))
             if pending:
                 await asyncio.wait(pending)
         process = self._process
@@ -287,41 +290,48 @@ class ProcessIntake:
 # -- the child ------------------------------------------------------------------------------
 
 
+_Frame = tuple[int, str, float, bytes]  # kind, org, receipt time, body
+
+
 class _Child:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
         self._store: Any = None
         self._max_batch = 256
+        self._clock = ReceiptClock()
+        self._orgs: dict[bytes, str] = {}
 
     def _send(self, answer: list[Any]) -> None:
         data = orjson.dumps(answer)
         self._sock.sendall(_LENGTH.pack(len(data)) + data)
 
-    def _frames(self) -> tuple[list[tuple[int, bytes, bytes, bytes]], bool]:
-        """The complete frames now in the buffer (at most max_batch), and whether the socket
-        is still open. Blocks until at least one frame is complete."""
-        frames: list[tuple[int, bytes, bytes, bytes]] = []
+    def _frames(self) -> list[_Frame] | None:
+        """The complete frames now in the buffer (at most max_batch); blocks until there is
+        at least one. None once the socket is closed."""
+        frames: list[_Frame] = []
         buffer = self._buffer
         while True:
             start = 0
             while len(frames) < self._max_batch and len(buffer) - start >= _HEAD.size:
-                kind, org_len, at_len, body_len = _HEAD.unpack_from(buffer, start)
+                kind, org_len, body_len, received = _HEAD.unpack_from(buffer, start)
                 begin = start + _HEAD.size
-                end = begin + org_len + at_len + body_len
+                end = begin + org_len + body_len
                 if len(buffer) < end:
                     break
-                org = bytes(buffer[begin:begin + org_len])
-                at = bytes(buffer[begin + org_len:begin + org_len + at_len])
-                frames.append((kind, org, at, bytes(buffer[begin + org_len + at_len:end])))
+                name = bytes(buffer[begin:begin + org_len])
+                org = self._orgs.get(name)
+                if org is None:
+                    org = self._orgs[name] = name.decode()
+                frames.append((kind, org, received, bytes(buffer[begin + org_len:end])))
                 start = end
             if start:
                 del buffer[:start]
             if frames:
-                return frames, True
+                return frames
             chunk = self._sock.recv(_READ_SIZE)
             if not chunk:
-                return frames, False
+                return None
             buffer += chunk
 
     def run(self) -> int:
@@ -329,8 +339,8 @@ class _Child:
         # tells this process to finish (STOP), so that requests in flight are still answered.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        frames, open_ = self._frames()
-        if not open_ or frames[0][0] != CONFIG:
+        frames = self._frames()
+        if not frames or frames[0][0] != CONFIG:
             return 2
         config = orjson.loads(frames[0][3])
         from factorflow.logs import configure_logging
@@ -349,31 +359,25 @@ class _Child:
             self._send(["failed", f"could not open the store: {type(exc).__name__}"])
             return 1
         self._send(["ready"])
-        rest = frames[1:]
+        rest: list[_Frame] | None = frames[1:]
         try:
-            while True:
-                stopping = any(kind == STOP for kind, *_ in rest)
+            while rest is not None:
                 deliveries = [frame for frame in rest if frame[0] == DELIVERY]
                 if deliveries:
                     self._send(self._commit(deliveries))
-                if stopping:
-                    return 0
-                rest, open_ = self._frames()
-                if not open_:
-                    return 0
+                if any(frame[0] == STOP for frame in rest):
+                    break
+                rest = self._frames()
         except (BrokenPipeError, ConnectionResetError):
-            return 0  # the server is gone; nobody waits for an answer
+            pass  # the server is gone; nobody waits for an answer
         finally:
             self._store.close()
+        return 0
 
-    def _commit(self, frames: list[tuple[int, bytes, bytes, bytes]]) -> list[list[Any]]:
-        from factorflow.okta.payloads import parse_delivery
-        from factorflow.store.base import Receipt
-        from factorflow.store.group_commit import record_each
-
+    def _commit(self, frames: list[_Frame]) -> list[list[Any]]:
         answers: list[list[Any] | None] = []
         receipts: list[Receipt] = []
-        for _, org, received_at, body in frames:
+        for _, org, received, body in frames:
             try:
                 delivery = parse_delivery(body)
             except RejectedDelivery as refused:
@@ -385,21 +389,21 @@ class _Child:
                 continue
             receipts.append(Receipt(
                 delivery_id=delivery.delivery_id, hook_id=delivery.hook_id,
-                received_at=received_at.decode(), org=org.decode(), delivery=delivery,
+                received_at=self._clock.format(received), org=org, delivery=delivery,
             ))
             answers.append(None)
         results = iter(record_each(self._store, receipts) if receipts else [])
+        receipts_in_order = iter(receipts)
         done: list[list[Any]] = []
-        stored = iter(receipts)
         for answer in answers:
             if answer is not None:
                 done.append(answer)
                 continue
-            receipt = next(stored)
+            receipt = next(receipts_in_order)
             result = next(results)
             if isinstance(result, DeliveryOutcome):
-                done.append([OK, receipt.delivery_id, result.total, result.new,
-                             result.duplicate, result.quarantined])
+                done.append([OK, receipt.delivery_id, result.total, result.new, result.duplicate,
+                             result.quarantined])
             else:
                 done.append([FAILED, str(result)])
         return done

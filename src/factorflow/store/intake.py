@@ -21,11 +21,29 @@ answers 503 and Okta retries).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
-from factorflow.okta.payloads import parse_delivery
+from factorflow.okta.payloads import format_utc, parse_delivery
 from factorflow.store.base import DeliveryOutcome, Receipt
 from factorflow.store.group_commit import GroupCommitter
+
+
+class ReceiptClock:
+    """The receipt time as stored (``format_utc``), formatted from a per-second prefix: this
+    runs once per delivery and a full datetime round trip costs more than the rest of it."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, moment: float) -> str:
+        """``moment`` (seconds since the epoch) as stored."""
+        second = int(moment)
+        if second != self._second:
+            self._prefix = format_utc(datetime.fromtimestamp(second, UTC))[:19]
+            self._second = second
+        return f"{self._prefix}.{int((moment - second) * 1_000_000):06d}Z"
 
 
 @dataclass(slots=True)
@@ -43,7 +61,9 @@ class Intake(Protocol):
 
     async def start(self) -> None: ...
 
-    async def store(self, org: str, received_at: str, body: bytes) -> Stored: ...
+    async def store(self, org: str, received: float, body: bytes) -> Stored:
+        """Parse and durably store ``body``, received for ``org`` at ``received`` (epoch
+        seconds)."""
 
     async def close(self) -> None: ...
 
@@ -56,6 +76,7 @@ class ThreadIntake:
 
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
+        self._clock = ReceiptClock()
 
     @property
     def committed(self) -> int:
@@ -68,11 +89,11 @@ class ThreadIntake:
     async def start(self) -> None:
         self._committer.start()
 
-    async def store(self, org: str, received_at: str, body: bytes) -> Stored:
+    async def store(self, org: str, received: float, body: bytes) -> Stored:
         delivery = parse_delivery(body)
         receipt = Receipt(
             delivery_id=delivery.delivery_id, hook_id=delivery.hook_id,
-            received_at=received_at, org=org, delivery=delivery,
+            received_at=self._clock.format(received), org=org, delivery=delivery,
         )
         return Stored(delivery.delivery_id, await self._committer.submit(receipt))
 
