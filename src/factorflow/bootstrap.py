@@ -83,7 +83,7 @@ def build_intake(
     from factorflow.store.commit_process import ProcessIntake
 
     return ProcessIntake(
-        settings.store_url(), max_batch=settings.store.max_batch, on_new_events=on_new_events,
+        store.url, max_batch=settings.store.max_batch, on_new_events=on_new_events,
         log_format=settings.log.format, log_level=settings.log.level,
     )
 

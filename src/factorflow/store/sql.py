@@ -50,6 +50,7 @@ class SqlEventStore:
     """Subclasses open connections and set ``dialect``, ``placeholder`` and ``errors``."""
 
     dialect: str
+    url: str  # what ``open_store`` opens this store again with
     placeholder = "?"
     errors: tuple[type[BaseException], ...] = ()
 

@@ -39,6 +39,7 @@ class SqliteEventStore(SqlEventStore):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.url = f"sqlite:///{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._checkpointer: _Checkpointer | None = None
         super().__init__(self._open)
