@@ -191,14 +191,12 @@ class Server:
             raise BenchError(f"{self.name} is not running\n{self.log_tail()}")
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server process so far (Linux), else None."""
+        """User + system CPU time so far of the server process and of every process it
+        started (the receiver's commit process), Linux only, else None."""
         if self.proc is None:
             return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = _tree_cpu_ticks(self.proc.pid)
+        return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 20.0) -> None:
         """``sig``, then SIGKILL if the process has not ended after ``timeout`` seconds."""
@@ -217,6 +215,36 @@ class Server:
         except OSError:
             return ""
         return "\n".join(f"  {self.name}| {line}" for line in text.splitlines()[-lines:])
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _tree_cpu_ticks(pid: int) -> int | None:
+    """CPU ticks of ``pid`` and its descendants: their own time plus that of their children
+    that have ended (cutime, cstime)."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            child = _stat_fields(int(entry))
+            if child is not None:
+                parents.setdefault(int(child[1]), []).append(int(entry))
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        stat = _stat_fields(current)
+        if stat is not None:
+            total += sum(int(value) for value in stat[11:15])
+        todo.extend(parents.get(current, []))
+    return total
 
 
 def clean_env() -> dict[str, str]:

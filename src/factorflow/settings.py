@@ -120,7 +120,9 @@ class StoreSettings(_Section):
     url: str | None = Field(
         None, description="sqlite:///path or postgresql://...; default: a file in data_dir"
     )
-    max_batch: int = Field(256, ge=1, le=10_000)
+    # 32: the fsync is shared by enough deliveries; a larger batch only makes every request
+    # in it wait for the last one (measured in bench/README.md, "What limits the receiver").
+    max_batch: int = Field(32, ge=1, le=10_000)
     intake: Literal["process", "thread"] = Field(
         "process",
         description="where hook bodies are parsed and committed: a child process (default) "

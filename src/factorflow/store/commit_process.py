@@ -104,7 +104,7 @@ class ProcessIntake:
         self,
         store_url: str,
         *,
-        max_batch: int = 256,
+        max_batch: int = 32,
         on_new_events: Callable[[], None] | None = None,
         log_format: str = "json",
         log_level: str = "INFO",
@@ -298,7 +298,7 @@ class _Child:
         self._sock = sock
         self._buffer = bytearray()
         self._store: Any = None
-        self._max_batch = 256
+        self._max_batch = 32
         self._clock = ReceiptClock()
         self._orgs: dict[bytes, str] = {}
 

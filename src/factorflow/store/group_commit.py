@@ -46,7 +46,7 @@ class GroupCommitter:
         self,
         store: RecordingStore,
         *,
-        max_batch: int = 256,
+        max_batch: int = 32,
         on_new_events: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
