@@ -123,15 +123,14 @@ class ProcessIntake:
         self._ready: asyncio.Future[None] | None = None
         self._closing = False
         self._restart: asyncio.TimerHandle | None = None
+        self._started = False  # the current child reported its store open
         self._orgs: dict[str, bytes] = {}
         self.committed = 0
         self.restarts = 0
 
     @property
     def healthy(self) -> bool:
-        return self._transport is not None and self._ready is not None and (
-            self._ready.done() and self._ready.exception() is None
-        )
+        return self._transport is not None and self._started
 
     async def start(self) -> None:
         """Start the child and wait until its store is open; StoreUnavailable if it fails."""
@@ -164,7 +163,7 @@ class ProcessIntake:
             raise StoreUnavailable(f"the commit process did not start: {exc}") from None
 
     async def store(self, org: str, received: float, body: bytes) -> Stored:
-        if self._closing or not self.healthy:
+        if self._transport is None or self._closing or not self._started:
             raise StoreUnavailable("the commit process is not running")
         loop = self._loop
         assert loop is not None
@@ -189,6 +188,7 @@ class ProcessIntake:
         if answer and isinstance(answer[0], str):  # "ready" or "failed"
             ready = self._waiting.popleft()
             if answer[0] == "ready":
+                self._started = True
                 ready.set_result(None)
             else:
                 ready.set_exception(StoreUnavailable(str(answer[1])))
@@ -215,6 +215,7 @@ class ProcessIntake:
     def _lost(self, exc: Exception | None) -> None:
         deliberate = self._transport is None  # closed by _stop_child or close()
         self._transport = None
+        self._started = False
         self._outgoing.clear()
         waiting, self._waiting = self._waiting, collections.deque()
         for done in waiting:
@@ -276,6 +277,7 @@ class ProcessIntake:
         self._process = None
 
     def _stop_child(self) -> None:
+        self._started = False
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -313,18 +315,19 @@ class _Child:
         buffer = self._buffer
         while True:
             start = 0
-            while len(frames) < self._max_batch and len(buffer) - start >= _HEAD.size:
-                kind, org_len, body_len, received = _HEAD.unpack_from(buffer, start)
-                begin = start + _HEAD.size
-                end = begin + org_len + body_len
-                if len(buffer) < end:
-                    break
-                name = bytes(buffer[begin:begin + org_len])
-                org = self._orgs.get(name)
-                if org is None:
-                    org = self._orgs[name] = name.decode()
-                frames.append((kind, org, received, bytes(buffer[begin + org_len:end])))
-                start = end
+            with memoryview(buffer) as view:  # slices of a view are copied once, not twice
+                while len(frames) < self._max_batch and len(buffer) - start >= _HEAD.size:
+                    kind, org_len, body_len, received = _HEAD.unpack_from(buffer, start)
+                    begin = start + _HEAD.size
+                    end = begin + org_len + body_len
+                    if len(buffer) < end:
+                        break
+                    name = bytes(view[begin:begin + org_len])
+                    org = self._orgs.get(name)
+                    if org is None:
+                        org = self._orgs[name] = name.decode()
+                    frames.append((kind, org, received, bytes(view[begin + org_len:end])))
+                    start = end
             if start:
                 del buffer[:start]
             if frames:

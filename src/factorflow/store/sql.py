@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -174,17 +175,20 @@ class SqlEventStore:
         ])
         return outcomes
 
-    def _insert_rows(self, cur: Any, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert_rows(
+        self, cur: Any, insert: str, rows: Sequence[tuple[Any, ...]], group: str | None = None
+    ) -> None:
         """``insert`` (``INSERT INTO t (...) VALUES``) for every row, several rows per
         statement: in chunks of a power of two rows, so that a handful of statement texts
-        serve every batch size and stay in the driver's statement cache."""
+        serve every batch size and stay in the driver's statement cache. ``group`` is one
+        row's values (default: a ``?`` for each value of a row)."""
         start = 0
         while start < len(rows):
             size = min(_MAX_ROWS_PER_STATEMENT, 1 << ((len(rows) - start).bit_length() - 1))
             chunk = rows[start:start + size]
             cur.execute(
-                self._q(multi_row_sql(insert, len(chunk[0]), size)),
-                tuple(value for row in chunk for value in row),
+                self._q(multi_row_sql(insert, group or _placeholders(len(chunk[0])), size)),
+                tuple(itertools.chain.from_iterable(chunk)),
             )
             start += size
 
@@ -403,10 +407,14 @@ class SqlEventStore:
 
 
 @functools.lru_cache(maxsize=64)
-def multi_row_sql(insert: str, width: int, rows: int) -> str:
-    """``insert`` followed by ``rows`` groups of ``width`` ``?`` placeholders."""
-    group = "(" + ", ".join("?" * width) + ")"
+def multi_row_sql(insert: str, group: str, rows: int) -> str:
+    """``insert`` followed by ``rows`` copies of ``group`` (one row's values)."""
     return insert + " " + ", ".join([group] * rows)
+
+
+@functools.lru_cache(maxsize=16)
+def _placeholders(width: int) -> str:
+    return "(" + ", ".join("?" * width) + ")"
 
 
 def _event(row: Any) -> StoredEvent:

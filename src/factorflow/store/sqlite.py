@@ -104,9 +104,9 @@ class SqliteEventStore(SqlEventStore):
                 inserted.append(False)
             else:
                 existing.add(uuid)  # a second copy in this batch is a duplicate of the first
-                fresh.append((*row[:8], "hook", "", row[8]))
+                fresh.append(row)
                 inserted.append(True)
-        self._insert_rows(cur, _EVENT_INSERT, fresh)
+        self._insert_rows(cur, _EVENT_INSERT, fresh, _EVENT_VALUES)
         return inserted
 
 
@@ -162,6 +162,8 @@ _EVENT_INSERT = (
     "INSERT INTO events (uuid, event_type, published, published_at, received_at, delivery_id, "
     "hook_id, org, provenance, content_hash, raw) VALUES"
 )
+# One row of _EVENT_INSERT: the hook's rows, whose provenance and (empty) content hash are fixed.
+_EVENT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, 'hook', '', ?)"
 _MAX_IN_LIST = 512
 
 
