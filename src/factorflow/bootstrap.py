@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def build_intake(
     settings: Settings, store: SqlEventStore, on_new_events: Callable[[], None] | None
 ) -> Intake:
     """Where hook bodies are parsed and committed (``[store] intake``)."""
-    if settings.store.intake == "thread":
+    if settings.store.intake == "thread" or os.name != "posix":  # the child needs POSIX fds
         return ThreadIntake(GroupCommitter(
             store, max_batch=settings.store.max_batch, on_new_events=on_new_events,
         ))
