@@ -35,6 +35,7 @@ from factorflow.errors import StoreUnavailable
 from factorflow.settings import Settings
 from factorflow.store import commit_process
 from factorflow.store.commit_process import ProcessIntake
+from factorflow.store.factory import open_store
 
 
 def child_of(client: TestClient) -> ProcessIntake:
@@ -223,3 +224,36 @@ def test_the_thread_intake_answers_like_the_process(
         assert refused.status_code == 400
         assert refused.json()["error"] == "invalid_json"
         assert store_of(client).counts() == {"events": 1, "deliveries": 2, "quarantined": 2}
+
+
+def test_a_child_that_hangs_at_shutdown_is_killed_and_its_requests_get_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGSTOP stands for a commit that never returns (a disk that hangs): the server's stop
+    must still end, and the request that was waiting is answered 503, not left hanging."""
+    monkeypatch.setattr(commit_process, "STOP_TIMEOUT_SECONDS", 1.0)
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    open_store(url).close()  # migrated
+    intake = ProcessIntake(url)
+    body = delivery([okta_event("waits-on-a-hung-child")], "hung")
+
+    async def main() -> BaseException | None:
+        await intake.start()
+        assert intake._process is not None
+        os.kill(intake._process.pid, signal.SIGSTOP)
+        waiting = asyncio.create_task(intake.store("default", time.time(), body))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        await intake.close()
+        assert time.monotonic() - started < 10
+        (result,) = await asyncio.gather(waiting, return_exceptions=True)
+        return result if isinstance(result, BaseException) else None
+
+    outcome = asyncio.run(main())
+    assert isinstance(outcome, StoreUnavailable), outcome
+    assert str(outcome) == "the commit process stopped"
+    check = open_store(url, migrate=False)
+    try:
+        assert check.get_event("waits-on-a-hung-child") is None
+    finally:
+        check.close()

@@ -60,6 +60,7 @@ DELIVERY, STOP, CONFIG = 1, 2, 3
 OK, REFUSED, FAILED = 0, 1, 2
 START_TIMEOUT_SECONDS = 60.0
 RESTART_DELAY_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 30.0
 _READ_SIZE = 1 << 20
 
 
@@ -253,28 +254,35 @@ class ProcessIntake:
         task.add_done_callback(started)
 
     async def close(self) -> None:
-        """Let the child commit and answer what it was sent, then stop it."""
+        """Let the child commit and answer what it was sent, then stop it. A child that has
+        not finished within STOP_TIMEOUT_SECONDS is killed; what it had not answered gets 503."""
         self._closing = True
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
         self._flush()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_TIMEOUT_SECONDS
         if self._transport is not None:
             pending = [done for done in self._waiting if not done.done()]
             self._transport.write(_frame(STOP, b"", b""))
             if pending:
-                await asyncio.wait(pending)
+                await asyncio.wait(pending, timeout=STOP_TIMEOUT_SECONDS)
         process = self._process
         if process is not None:
-            loop = asyncio.get_running_loop()
             try:
-                await asyncio.wait_for(loop.run_in_executor(None, process.wait), 30)
+                await asyncio.wait_for(loop.run_in_executor(None, process.wait),
+                                       max(0.1, deadline - loop.time()))
             except TimeoutError:
+                log.error("store.commit_process_killed", extra={"fields": {
+                    "reason": f"not stopped within {STOP_TIMEOUT_SECONDS:g} s"}})
                 process.kill()
+                await loop.run_in_executor(None, process.wait)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
         self._process = None
+        self._started = False
 
     def _stop_child(self) -> None:
         self._started = False
