@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -257,3 +258,25 @@ def test_a_child_that_hangs_at_shutdown_is_killed_and_its_requests_get_503(
         assert check.get_event("waits-on-a-hung-child") is None
     finally:
         check.close()
+
+
+def test_a_child_that_dies_while_starting_fails_the_start_and_is_not_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commit_process, "CHILD_COMMAND",
+                        (sys.executable, "-c", "import sys; sys.exit(3)"))
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    open_store(url).close()
+    intake = ProcessIntake(url)
+
+    async def main() -> None:
+        with pytest.raises(StoreUnavailable) as refused:
+            await intake.start()
+        assert str(refused.value) == (
+            "the commit process did not start: the commit process stopped"
+        )
+        await asyncio.sleep(commit_process.RESTART_DELAY_SECONDS + 0.5)
+        assert intake.restarts == 0
+        assert intake._process is None and not intake.healthy
+
+    asyncio.run(main())

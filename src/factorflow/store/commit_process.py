@@ -61,6 +61,7 @@ OK, REFUSED, FAILED = 0, 1, 2
 START_TIMEOUT_SECONDS = 60.0
 RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 30.0
+CHILD_COMMAND = (sys.executable, "-m", "factorflow.store.commit_process")  # + the socket's fd
 _READ_SIZE = 1 << 20
 
 
@@ -125,6 +126,7 @@ class ProcessIntake:
         self._closing = False
         self._restart: asyncio.TimerHandle | None = None
         self._started = False  # the current child reported its store open
+        self._running = False  # start() succeeded and close() has not been called
         self._orgs: dict[str, bytes] = {}
         self.committed = 0
         self.restarts = 0
@@ -137,14 +139,16 @@ class ProcessIntake:
         """Start the child and wait until its store is open; StoreUnavailable if it fails."""
         self._loop = asyncio.get_running_loop()
         self._closing = False
+        self._running = False
         await self._spawn()
+        self._running = True  # from now on a lost child is replaced
 
     async def _spawn(self) -> None:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "factorflow.store.commit_process", str(theirs.fileno())],
+                [*CHILD_COMMAND, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
             )
         finally:
@@ -222,7 +226,7 @@ class ProcessIntake:
         for done in waiting:
             if not done.done():
                 done.set_exception(StoreUnavailable("the commit process stopped"))
-        if self._closing or deliberate:
+        if self._closing or deliberate or not self._running:
             return
         code = self._process.poll() if self._process is not None else None
         log.error("store.commit_process_lost", extra={"fields": {
