@@ -122,6 +122,7 @@ class ProcessIntake:
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._outgoing: list[bytes] = []
         self._flush_scheduled = False
+        self._unanswered = 0  # bodies written to the child and not answered yet
         self._ready: asyncio.Future[None] | None = None
         self._closing = False
         self._restart: asyncio.TimerHandle | None = None
@@ -178,7 +179,11 @@ class ProcessIntake:
             name = self._orgs[org] = org.encode()
         self._outgoing.append(_frame(DELIVERY, name, body, received))
         self._waiting.append(done)
-        if not self._flush_scheduled:
+        if not self._unanswered:
+            # The child is idle: hand this body over now rather than at the end of the loop's
+            # iteration, which may first run many other requests.
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         return await done
@@ -187,6 +192,7 @@ class ProcessIntake:
         self._flush_scheduled = False
         if self._outgoing and self._transport is not None:
             self._transport.write(b"".join(self._outgoing))
+            self._unanswered += len(self._outgoing)
         self._outgoing.clear()
 
     def _answered(self, answer: list[Any]) -> None:
@@ -199,6 +205,7 @@ class ProcessIntake:
                 ready.set_exception(StoreUnavailable(str(answer[1])))
             return
         new = False
+        self._unanswered -= len(answer)
         for entry in answer:
             done = self._waiting.popleft()
             kind = entry[0]
@@ -222,6 +229,7 @@ class ProcessIntake:
         self._transport = None
         self._started = False
         self._outgoing.clear()
+        self._unanswered = 0
         waiting, self._waiting = self._waiting, collections.deque()
         for done in waiting:
             if not done.done():
