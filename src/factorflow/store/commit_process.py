@@ -2,7 +2,8 @@
 
 ``factorflow serve`` starts one child (``python -m factorflow.store.commit_process``) and talks
 to it over a socket pair. The event loop writes the bodies of the requests it has read (with
-their org and receipt time) in one write per loop iteration; the child reads whatever has
+their org and receipt time) at once while the child is idle, otherwise in one write per loop
+iteration; the child reads whatever has
 arrived, parses each body, commits the events of all of them in one transaction, and writes one
 answer for the whole batch: per delivery, what was stored, why the body was refused (400), or
 that the commit failed (503). Answers come back in the order the requests were sent. While the
