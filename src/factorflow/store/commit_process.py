@@ -36,7 +36,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import signal
 import socket
 import struct
@@ -77,7 +76,7 @@ class _Answers(asyncio.Protocol):
     """Reads the child's answer frames and hands each decoded array to ``on_answer``."""
 
     def __init__(self, on_answer: Callable[[list[Any]], None],
-                 on_lost: Callable[[Exception | None], None]) -> None:
+                 on_lost: Callable[[], None]) -> None:
         self._on_answer = on_answer
         self._on_lost = on_lost
         self._buffer = bytearray()
@@ -97,7 +96,7 @@ class _Answers(asyncio.Protocol):
             del buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._on_lost(exc)
+        self._on_lost()
 
 
 class ProcessIntake:
@@ -225,7 +224,7 @@ class ProcessIntake:
         if new and self._on_new_events is not None:
             self._on_new_events()
 
-    def _lost(self, exc: Exception | None) -> None:
+    def _lost(self) -> None:
         deliberate = self._transport is None  # closed by _stop_child or close()
         self._transport = None
         self._started = False
@@ -399,8 +398,11 @@ class _Child:
         return 0
 
     def _commit(self, frames: list[_Frame]) -> list[list[Any]]:
-        answers: list[list[Any] | None] = []
+        """One answer per frame, in order: refused bodies answered at once, the others after
+        their batch's commit."""
+        answers: list[list[Any]] = []
         receipts: list[Receipt] = []
+        positions: list[int] = []  # where each receipt's answer goes
         for _, org, received, body in frames:
             try:
                 delivery = parse_delivery(body)
@@ -411,26 +413,21 @@ class _Child:
                 log.exception("store.parse_crashed")
                 answers.append([FAILED, "internal error while parsing"])
                 continue
+            positions.append(len(answers))
+            answers.append([])
             receipts.append(Receipt(
                 delivery_id=delivery.delivery_id, hook_id=delivery.hook_id,
                 received_at=self._clock.format(received), org=org, delivery=delivery,
             ))
-            answers.append(None)
-        results = iter(record_each(self._store, receipts) if receipts else [])
-        receipts_in_order = iter(receipts)
-        done: list[list[Any]] = []
-        for answer in answers:
-            if answer is not None:
-                done.append(answer)
-                continue
-            receipt = next(receipts_in_order)
-            result = next(results)
-            if isinstance(result, DeliveryOutcome):
-                done.append([OK, receipt.delivery_id, result.total, result.new, result.duplicate,
-                             result.quarantined])
-            else:
-                done.append([FAILED, str(result)])
-        return done
+        if receipts:
+            results = record_each(self._store, receipts)
+            for position, receipt, result in zip(positions, receipts, results, strict=True):
+                answers[position] = (
+                    [OK, receipt.delivery_id, result.total, result.new, result.duplicate,
+                     result.quarantined]
+                    if isinstance(result, DeliveryOutcome) else [FAILED, str(result)]
+                )
+        return answers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,5 +440,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     raise SystemExit(main())

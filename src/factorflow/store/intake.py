@@ -99,4 +99,3 @@ class ThreadIntake:
 
     async def close(self) -> None:
         await self._committer.close()
-
