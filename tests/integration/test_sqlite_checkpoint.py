@@ -73,3 +73,45 @@ def test_a_store_that_takes_no_deliveries_runs_no_checkpointer(tmp_path: Path) -
         assert len(checkpointer_threads()) == before
     finally:
         store.close()
+
+
+def page_size(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_new_database_gets_the_larger_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteEventStore(path)
+    try:
+        store.migrate()
+        store.record([receipt("d-1", 1)])
+    finally:
+        store.close()
+    assert page_size(path) == sqlite_store.PAGE_SIZE == 8192
+
+
+def test_a_database_made_with_another_page_size_keeps_it_and_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    store = SqliteEventStore(path)
+    try:
+        store.migrate()
+        store.record([receipt(f"d-{i}", i) for i in range(3)])
+    finally:
+        store.close()
+    assert page_size(path) == 4096
+    store = SqliteEventStore(path)  # opened again: nothing lost, the page size unchanged
+    try:
+        outcomes = store.record([receipt("d-0", 0), receipt("d-9", 9)])
+        assert [(o.new, o.duplicate) for o in outcomes] == [(0, 1), (1, 0)]
+        assert store.counts() == {"events": 4, "deliveries": 5, "quarantined": 0}
+    finally:
+        store.close()
+    assert page_size(path) == 4096

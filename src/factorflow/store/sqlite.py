@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 # pages) at which a commit checkpoints by itself anyway (SQLite's default is 1,000).
 CHECKPOINT_INTERVAL_SECONDS = 0.5
 SAFETY_AUTOCHECKPOINT_PAGES = 20_000
+# The page size of a new database. An event row (its raw JSON, ~2 KB for an enrollment) does
+# not share a 4 KiB page with another, so every event wrote a whole page to the WAL and again
+# to the database; 8 KiB pages hold three (see bench/README.md). A database created with
+# another page size keeps it: SQLite cannot change it in WAL mode.
+PAGE_SIZE = 8192
 
 
 class SqliteEventStore(SqlEventStore):
@@ -49,6 +54,7 @@ class SqliteEventStore(SqlEventStore):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no effect once the file has content
         _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
         if self._checkpointer is not None:
