@@ -81,7 +81,7 @@ class Profile:
     fixed_connections: int = 32
 
 
-FULL = Profile(warmup_s=2, measure_s=10, repeats=2, fixed_warmup_s=1.0, fixed_s=10.0)
+FULL = Profile(warmup_s=2, measure_s=10, repeats=3, fixed_warmup_s=1.0, fixed_s=10.0)
 QUICK = Profile(warmup_s=1, measure_s=2, repeats=1, fixed_warmup_s=0.5, fixed_s=2.0)
 
 
@@ -676,8 +676,11 @@ def measure(plan: Plan, ceiling: Server, receiver: Server, check: StoreCheck,
         return run
 
     for repeat in range(profile.repeats):
+        # Each repeat measures the two servers back to back, the order alternating so that
+        # neither always runs on the warmer (or more tired) machine.
+        order = (ceiling, receiver) if repeat % 2 == 0 else (receiver, ceiling)
         for events in BATCH_SIZES:
-            for server in (ceiling, receiver):
+            for server in order:
                 against(server, events, profile.warmup_s, "warmup")
                 run = against(server, events, profile.measure_s, "measure")
                 progress(
@@ -702,6 +705,20 @@ def measure(plan: Plan, ceiling: Server, receiver: Server, check: StoreCheck,
     return runs
 
 
+def pair_ratios(runs: list[LoadResult], events: int) -> list[float]:
+    """Receiver / ceiling deliveries per second for each repeat, the two runs of a repeat
+    being adjacent in time."""
+    def measured(name: str) -> list[LoadResult]:
+        return [r for r in runs
+                if r.server == name and r.events_per_delivery == events and r.phase == "measure"]
+
+    return [
+        receiver.rate / ceiling.rate
+        for ceiling, receiver in zip(measured("ceiling"), measured("receiver"), strict=True)
+        if ceiling.rate
+    ]
+
+
 def summarise(runs: list[LoadResult], checks: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"closed_loop": {}, "fixed_rate": {}, "targets": {}}
     for events in BATCH_SIZES:
@@ -723,9 +740,17 @@ def summarise(runs: list[LoadResult], checks: list[dict[str, Any]]) -> dict[str,
                     r.extra.get("server_cpu_ms_per_delivery", 0.0) for r in measured
                 ),
             }
-        ceiling_rate = row["ceiling"]["deliveries_per_s"]
-        ratio = row["receiver"]["deliveries_per_s"] / ceiling_rate if ceiling_rate else 0.0
+        # The ratio of each ceiling run to the receiver run next to it, then their median:
+        # the machine's speed drifts by tens of percent within minutes, much less within one
+        # pair of adjacent runs. The ratio of the two medians is kept for comparison.
+        pairs = pair_ratios(runs, events)
+        ratio = statistics.median(pairs) if pairs else 0.0
         row["ratio"] = round(ratio, 4)
+        row["pair_ratios"] = [round(r, 4) for r in pairs]
+        ceiling_rate = row["ceiling"]["deliveries_per_s"]
+        row["ratio_of_medians"] = (
+            round(row["receiver"]["deliveries_per_s"] / ceiling_rate, 4) if ceiling_rate else 0.0
+        )
         # Server CPU per delivery, ceiling / receiver: steadier than the rates on a busy machine.
         receiver_cpu = row["receiver"]["cpu_ms_per_delivery"]
         row["cpu_cost_ratio"] = (
@@ -769,8 +794,9 @@ def render(summary: dict[str, Any], plan: Plan, meta: dict[str, Any]) -> str:
         f"uvicorn {meta['uvicorn']} ({meta['loop']}, {meta['http']}), store {meta['store']}, "
         f"workflow worker {'on' if meta['receiver_worker'] else 'off'}",
         f"closed loop: {generator}, {profile.connections} connections, "
-        f"{profile.measure_s} s measured after {profile.warmup_s} s warm-up, "
-        f"median of {profile.repeats}",
+        f"{profile.measure_s} s measured after {profile.warmup_s} s warm-up; "
+        f"figures: median of {profile.repeats} runs; ratio: median of the "
+        f"{profile.repeats} adjacent ceiling/receiver pairs",
         "",
         f"{'':<22}{'ceiling':>14}{'receiver':>14}{'ratio':>9}   target",
     ]
@@ -784,6 +810,11 @@ def render(summary: dict[str, Any], plan: Plan, meta: dict[str, Any]) -> str:
             f"{row['receiver']['deliveries_per_s']:>10,.0f} d/s"
             f"{row['ratio']:>9.1%}   >= {THROUGHPUT_RATIO_TARGET:.0%} "
             f"{'PASS' if target['pass'] else 'MISS'}"
+        )
+        lines.append(
+            f"{'  ratio per pair':<22}{'':>28}"
+            + "  ".join(f"{r:.1%}" for r in row["pair_ratios"])
+            + f"   (ratio of medians {row['ratio_of_medians']:.1%})"
         )
         lines.append(
             f"{'  p50 / p99 ms':<22}"
