@@ -102,10 +102,12 @@ def serve(config_path: Path | None, host: str | None, port: int | None,
                                           server_port)
     if metrics_server is not None:
         app.on_stopping.append(metrics_server.stop)
-    # uvicorn shuts down gracefully on SIGTERM and then raises SIGTERM again, which would end
-    # the process as "killed by SIGTERM" (143) after every request was answered and the store
-    # closed. A completed graceful shutdown exits 0, so supervisors can tell it from a crash.
+    # uvicorn shuts down gracefully on SIGTERM or SIGINT (Ctrl-C) and then raises the signal
+    # again, which would end the process as "killed by SIGTERM" (143), or as click's
+    # "Aborted!" with exit code 1, after every request was answered and the store closed. A
+    # completed graceful shutdown exits 0, so supervisors can tell it from a crash.
     signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
+    signal.signal(signal.SIGINT, _exit_after_graceful_shutdown)
     try:
         uvicorn.Server(config).run()
     finally:

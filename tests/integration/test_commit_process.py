@@ -205,6 +205,25 @@ def test_a_graceful_stop_stops_the_child_too(server: ServerProcess) -> None:
     assert not _alive(children[0])
 
 
+def test_ctrl_c_stops_server_and_child_cleanly(server: ServerProcess) -> None:
+    """Ctrl-C reaches the whole process group: the server stops gracefully and exits 0 (not
+    with "Aborted!" and 1), the child with it, and what was acknowledged is stored."""
+    body = delivery([okta_event("before-ctrl-c")], "ctrl-c")
+    assert server.post(body).status_code == 204
+    children = _children(server.pid)
+    assert len(children) == 1, children
+    for pid in (server.pid, children[0]):  # what a terminal's Ctrl-C does to its group
+        os.kill(pid, signal.SIGINT)
+    assert server.wait(30) == 0, server.log_tail()
+    wait_until(lambda: not _alive(children[0]), "the commit process to exit", timeout=10)
+    assert "Aborted" not in server.log_tail()
+    store = open_store(server.store_url)
+    try:
+        assert store.counts()["events"] == 1
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def thread_settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path, store={"intake": "thread"})
