@@ -419,7 +419,9 @@ def test_retry_from_the_dashboard_enqueues_the_workflow_and_records_who(seeded: 
                                  data={"csrf_token": csrf_token(confirm)},
                                  headers={"origin": BASE_URL})
     assert refused.headers["location"] == f"/ui/dead-letters/{letter}?done=not_enqueued"
-    assert store.read("SELECT status FROM dead_letters WHERE id = ?", (letter,)) == [("open",)]
+    assert store.read(
+        "SELECT status, retries, resolved_at, resolved_by FROM dead_letters WHERE id = ?",
+        (letter,)) == [("open", 0, None, None)]  # as before: the refused retry is not counted
     assert store.read("SELECT COUNT(*) FROM audit_log WHERE kind = 'dead_letter.retry'") == [
         (0,)]
     assert "the retry could not be handed to the workflow engine" in seeded.page(
@@ -435,16 +437,16 @@ def test_retry_from_the_dashboard_enqueues_the_workflow_and_records_who(seeded: 
         303, f"/ui/dead-letters/{letter}?done=retried")
     status, retries, resolved_by = store.read(
         "SELECT status, retries, resolved_by FROM dead_letters WHERE id = ?", (letter,))[0]
-    assert (status, retries, resolved_by) == ("retrying", 2, "admin")
+    assert (status, retries, resolved_by) == ("retrying", 1, "admin")
     kind, summary, actor, details = store.read(
         "SELECT kind, summary, actor, details FROM audit_log ORDER BY seq DESC LIMIT 1")[0]
     assert (kind, summary, actor) == ("dead_letter.retry", f"dead letter #{letter} retried",
                                       "admin")
-    assert orjson.loads(details) == {"via": "dashboard", "workflow_id": f"dlq-{letter}-2"}
+    assert orjson.loads(details) == {"via": "dashboard", "workflow_id": f"dlq-{letter}-1"}
     # The retry waits in the workflow engine's queue for a worker, with the letter's request.
     client = DBOSClient(system_database_url=seeded.settings.workflow_db_url())
     try:
-        (workflow,) = client.list_workflows(workflow_ids=[f"dlq-{letter}-2"])
+        (workflow,) = client.list_workflows(workflow_ids=[f"dlq-{letter}-1"])
         assert workflow.name == "factorflow.retry_dead_letter"
         assert str(workflow.status) in ("ENQUEUED", "WorkflowStatusString.ENQUEUED")
         assert workflow.input is not None
@@ -462,7 +464,7 @@ def test_retry_from_the_dashboard_enqueues_the_workflow_and_records_who(seeded: 
                                headers={"origin": BASE_URL})
     assert again.headers["location"] == f"/ui/dead-letters/{letter}?done=not_open"
     assert store.read("SELECT status, retries FROM dead_letters WHERE id = ?", (letter,)) == [
-        ("retrying", 2)]
+        ("retrying", 1)]
     assert store.read("SELECT COUNT(*) FROM audit_log WHERE kind = 'dead_letter.retry'") == [
         (1,)]
     assert seeded.client.get("/ui/dead-letters/999999").status_code == 404

@@ -75,7 +75,8 @@ def test_acting_on_a_dead_letter_that_does_not_exist(
         assert answer.status_code == 404
         assert "No dead letter #999999." in answer.text
     status = admin.get("/ui/dead-letters/999999/status.json")
-    assert (status.status_code, status.json()) == (404, {"error": "not found"})
+    assert (status.status_code, status.json()) == (
+        404, {"error": "not_found", "message": "no dead letter #999999"})
     assert stored(reader) == before
 
 

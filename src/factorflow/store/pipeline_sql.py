@@ -350,16 +350,22 @@ class SqlPipelineLedger:
 
     def resolve_dead_letter(self, dead_letter_id: int, status: str, by: str) -> bool:
         """Move an open dead letter to ``retrying``/``resolved``/``discarded``; False if it
-        was not in a state that allows it."""
+        was not in a state that allows it.
+
+        ``open`` undoes a ``retrying`` whose workflow could not be enqueued: the letter is
+        open again as it was, and that retry is not counted (the next one takes its workflow
+        id, which the workflow engine de-duplicates should the failed enqueue have reached
+        it after all)."""
         allowed = {"retrying": ("open",), "discarded": ("open",), "resolved": ("retrying",),
                    "open": ("retrying",)}[status]
+        reopen = status == "open"
         with self._write() as cur:
             cur.execute(
                 "UPDATE dead_letters SET status = ?, resolved_at = ?, resolved_by = ?, "
                 "retries = retries + ? WHERE id = ? AND status IN (" +
                 ", ".join("?" for _ in allowed) + ")",
-                (status, self._now(), by, 1 if status == "retrying" else 0, dead_letter_id,
-                 *allowed),
+                (status, None if reopen else self._now(), None if reopen else by,
+                 {"retrying": 1, "open": -1}.get(status, 0), dead_letter_id, *allowed),
             )
             return cur.rowcount == 1
 

@@ -97,7 +97,9 @@ class _DeadLetterPages:
     async def status(self, request: Request, _session: Session) -> Response:
         letter = await self.dash.run(get_dead_letter, self.dash.reads, request.path_params["id"])
         if letter is None:
-            return JSONResponse({"error": "not found"}, status_code=404)
+            return JSONResponse({"error": "not_found",
+                                 "message": f"no dead letter #{request.path_params['id']}"},
+                                status_code=404)
         return JSONResponse({"id": letter.id, "status": letter.status,
                              "retries": letter.retries, "resolved_at": letter.resolved_at,
                              "resolved_by": letter.resolved_by})
