@@ -78,6 +78,7 @@ from receiver import (
     Server,
     StoreCheck,
     _closed_loop,
+    _tree_cpu_ticks,
     clean_env,
     delivery_template,
     find_wrk,
@@ -366,11 +367,9 @@ def running(make: Callable[[Path, WebhookTarget, Databases | None], Deployment],
 
 
 def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of ``pid`` and the processes it started (a receiver's commit process)."""
+    ticks = _tree_cpu_ticks(pid)
+    return 0.0 if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_cpu(databases: tuple[str, ...]) -> dict[int, float]:
