@@ -118,6 +118,28 @@ def test_migrate_applies_every_version_once(store_url: str) -> None:
         again.close()
 
 
+def test_a_commit_maintains_only_the_indexes_something_reads(store_url: str) -> None:
+    """Every index on the hook's tables is rewritten by every commit: the ledger is read by id
+    only, so it has none besides its key (migrations 0011 and 0012)."""
+    store = open_store(store_url)
+    try:
+        if store.dialect == "sqlite":
+            rows = store.read(
+                "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name IN ('events', 'deliveries') AND sql IS NOT NULL", ())
+        else:
+            rows = store.read(
+                "SELECT tablename, indexname FROM pg_indexes WHERE tablename IN "
+                "('events', 'deliveries') AND indexname NOT LIKE ? AND indexname NOT LIKE ?",
+                ("%pkey", "%uuid_key"))  # the keys: the primary key and the uuid's UNIQUE
+        assert sorted(tuple(row) for row in rows) == [
+            ("events", "events_dash_log"), ("events", "events_received_at"),
+            ("events", "events_undispatched"),
+        ]
+    finally:
+        store.close()
+
+
 def test_migrate_keeps_stored_data(store: SqlEventStore, main_events: list[dict[str, Any]]) -> None:
     store.record([receipt(envelope(main_events[:3], "d-1"))])
     assert store.migrate() == []
