@@ -705,16 +705,19 @@ def measure(plan: Plan, ceiling: Server, receiver: Server, check: StoreCheck,
     return runs
 
 
+def measured_runs(runs: list[LoadResult], name: str, events: int) -> list[LoadResult]:
+    """The measured (not warm-up) closed-loop runs against one server, in order."""
+    return [r for r in runs
+            if r.server == name and r.events_per_delivery == events and r.phase == "measure"]
+
+
 def pair_ratios(runs: list[LoadResult], events: int) -> list[float]:
     """Receiver / ceiling deliveries per second for each repeat, the two runs of a repeat
     being adjacent in time."""
-    def measured(name: str) -> list[LoadResult]:
-        return [r for r in runs
-                if r.server == name and r.events_per_delivery == events and r.phase == "measure"]
-
     return [
         receiver.rate / ceiling.rate
-        for ceiling, receiver in zip(measured("ceiling"), measured("receiver"), strict=True)
+        for ceiling, receiver in zip(measured_runs(runs, "ceiling", events),
+                                     measured_runs(runs, "receiver", events), strict=True)
         if ceiling.rate
     ]
 
@@ -724,10 +727,7 @@ def summarise(runs: list[LoadResult], checks: list[dict[str, Any]]) -> dict[str,
     for events in BATCH_SIZES:
         row: dict[str, Any] = {}
         for name in ("ceiling", "receiver"):
-            measured = [
-                r for r in runs
-                if r.server == name and r.events_per_delivery == events and r.phase == "measure"
-            ]
+            measured = measured_runs(runs, name, events)
             row[name] = {
                 "deliveries_per_s": round(statistics.median(r.rate for r in measured), 1),
                 "events_per_s": round(

@@ -356,16 +356,17 @@ class SqlPipelineLedger:
         open again as it was, and that retry is not counted (the next one takes its workflow
         id, which the workflow engine de-duplicates should the failed enqueue have reached
         it after all)."""
-        allowed = {"retrying": ("open",), "discarded": ("open",), "resolved": ("retrying",),
-                   "open": ("retrying",)}[status]
+        # status -> (the states it may come from, what it adds to the retry count)
+        allowed, retries = {"retrying": (("open",), 1), "discarded": (("open",), 0),
+                            "resolved": (("retrying",), 0), "open": (("retrying",), -1)}[status]
         reopen = status == "open"
         with self._write() as cur:
             cur.execute(
                 "UPDATE dead_letters SET status = ?, resolved_at = ?, resolved_by = ?, "
                 "retries = retries + ? WHERE id = ? AND status IN (" +
                 ", ".join("?" for _ in allowed) + ")",
-                (status, None if reopen else self._now(), None if reopen else by,
-                 {"retrying": 1, "open": -1}.get(status, 0), dead_letter_id, *allowed),
+                (status, None if reopen else self._now(), None if reopen else by, retries,
+                 dead_letter_id, *allowed),
             )
             return cur.rowcount == 1
 
