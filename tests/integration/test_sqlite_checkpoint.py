@@ -115,3 +115,16 @@ def test_a_database_made_with_another_page_size_keeps_it_and_its_events(tmp_path
     finally:
         store.close()
     assert page_size(path) == 4096
+
+
+def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
+    """A batch's multi-row INSERT keeps a statement journal; on disk it cost a temporary file
+    created, written and deleted in every commit (decision 15)."""
+    store = SqliteEventStore(tmp_path / "store.db")
+    try:
+        store.migrate()
+        store.record([receipt("d-1", *range(40))])
+        writer = store._writer_connection()
+        assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
+    finally:
+        store.close()

@@ -57,6 +57,10 @@ class SqliteEventStore(SqlEventStore):
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no effect once the file has content
         _switch_to_wal(conn)
         conn.execute("PRAGMA synchronous=FULL")
+        # A multi-row INSERT inside a transaction keeps a statement journal (to undo just that
+        # statement); past 64 KiB SQLite spills it to a temporary file, and a batch's events
+        # pass that, so every commit created, wrote and deleted a file. In memory instead.
+        conn.execute("PRAGMA temp_store=MEMORY")
         if self._checkpointer is not None:
             conn.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT_PAGES}")
         return conn
