@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from tests.unit.test_group_commit import receipt
 
 from factorflow.store import sqlite as sqlite_store
@@ -127,4 +128,69 @@ def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
         writer = store._writer_connection()
         assert writer.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY
     finally:
+        store.close()
+
+
+def wal_pages(path: Path) -> int:
+    wal = path.with_name(path.name + "-wal")
+    return wal.stat().st_size // (24 + sqlite_store.PAGE_SIZE) if wal.exists() else 0
+
+
+def test_the_checkpointer_starts_a_long_wal_over_between_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits that never pause would let a PASSIVE checkpoint copy everything and still never
+    start the WAL over; the RESTART taken between two commits does, and loses nothing."""
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_PAGES", 40)
+    path = tmp_path / "store.db"
+    store = SqliteEventStore(path)
+    store.migrate()
+    try:
+        batches = 0
+        deadline = time.monotonic() + WAIT_SECONDS
+        checkpointer = None
+        while time.monotonic() < deadline:
+            store.record([receipt(f"d-{batches}-{i}", batches * 100 + i) for i in range(20)])
+            batches += 1
+            checkpointer = store._checkpointer
+            if batches >= 100 and checkpointer is not None and checkpointer.restarts >= 3:
+                break
+        assert checkpointer is not None and checkpointer.restarts >= 3
+        # Each commit adds a few dozen pages; without restarts the WAL would hold them all.
+        assert wal_pages(path) < batches * 5
+        assert store.counts()["events"] == batches * 20
+    finally:
+        store.close()
+    assert events_in_database_file(path) <= batches * 20
+
+
+def test_a_reader_in_the_way_makes_the_restart_give_up_without_blocking_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_PAGES", 40)
+    path = tmp_path / "store.db"
+    store = SqliteEventStore(path)
+    store.migrate()
+    store.record([receipt("d-first", 0)])
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        reader.execute("BEGIN")  # a read transaction on the WAL as it is now
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+        slowest = 0.0
+        for batch in range(60):
+            started = time.monotonic()
+            store.record([receipt(f"d-{batch}-{i}", 1 + batch * 100 + i) for i in range(20)])
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.005)  # let the checkpointer try between commits
+        checkpointer = store._checkpointer
+        assert checkpointer is not None and checkpointer.restarts == 0
+        # A RESTART that waited for the reader would hold the write lock for its busy timeout.
+        assert slowest < 0.5
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1  # its snapshot
+        reader.execute("COMMIT")
+        assert store.counts()["events"] == 1 + 60 * 20
+    finally:
+        reader.close()
         store.close()

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # pages) at which a commit checkpoints by itself anyway (SQLite's default is 1,000).
 CHECKPOINT_INTERVAL_SECONDS = 0.5
 SAFETY_AUTOCHECKPOINT_PAGES = 20_000
+# The WAL length (in pages) at which the background checkpointer starts it over (see
+# _Checkpointer): 32 MiB with 8 KiB pages.
+WAL_RESTART_PAGES = 4_096
 # The page size of a new database. An event row (its raw JSON, ~2 KB for an enrollment) does
 # not share a 4 KiB page with another, so every event wrote a whole page to the WAL and again
 # to the database; 8 KiB pages hold three (see bench/README.md). A database created with
@@ -78,7 +81,9 @@ class SqliteEventStore(SqlEventStore):
 
     def _start_checkpointer(self) -> None:
         with self._write_lock:
-            self._checkpointer = _Checkpointer(self.path, CHECKPOINT_INTERVAL_SECONDS)
+            self._checkpointer = _Checkpointer(
+                self.path, CHECKPOINT_INTERVAL_SECONDS, WAL_RESTART_PAGES, self._write_lock
+            )
             if self._writer is not None:
                 self._writer.execute(f"PRAGMA wal_autocheckpoint={SAFETY_AUTOCHECKPOINT_PAGES}")
         self._checkpointer.start()
@@ -121,16 +126,32 @@ class SqliteEventStore(SqlEventStore):
 
 
 class _Checkpointer:
-    """Runs ``wal_checkpoint(PASSIVE)`` on a connection of its own every ``interval`` seconds.
+    """Runs ``wal_checkpoint(PASSIVE)`` on a connection of its own every ``interval`` seconds,
+    and starts the WAL over once it holds ``restart_pages`` frames.
 
     PASSIVE never waits for readers or the writer: it copies what it can and leaves the rest for
-    the next round; SQLite starts the WAL over once a checkpoint has caught up. Failures are
-    logged once (the automatic checkpoint still bounds the WAL) and retried next round.
+    the next round. But it never starts the WAL over while commits keep coming (SQLite does that
+    only at the start of a write once every frame is copied), so the WAL grew to the automatic
+    checkpoint's threshold, and the commit that crossed it copied everything since the last
+    round and synced the database file: a stall of a tenth of a second for every request
+    waiting on it. So when the WAL is long, right after the PASSIVE pass (which left little to
+    copy), a RESTART between two of this process's commits (it takes the store's write lock):
+    it copies the last frames, syncs the database file, and starts the WAL over if no reader is
+    still using it. It never waits for another process: a writer or reader elsewhere makes it
+    give up until the next round.
+
+    Failures are logged once (the automatic checkpoint still bounds the WAL) and retried next
+    round.
     """
 
-    def __init__(self, path: Path, interval: float) -> None:
+    def __init__(
+        self, path: Path, interval: float, restart_pages: int, write_lock: threading.Lock
+    ) -> None:
         self._path = path
         self._interval = interval
+        self._restart_pages = restart_pages
+        self._write_lock = write_lock
+        self.restarts = 0  # WALs started over (for tests and curiosity)
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="factorflow-checkpoint", daemon=True
@@ -150,11 +171,25 @@ class _Checkpointer:
         while not self._stop.wait(self._interval):
             try:
                 if conn is None:
+                    # No busy wait: a RESTART must never hold the write lock while it waits.
                     conn = sqlite3.connect(
                         self._path, isolation_level=None, check_same_thread=False,
-                        timeout=1.0,
+                        timeout=0.0,
                     )
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                frames, took = _passive(conn)
+                if frames >= self._restart_pages:
+                    # Catch up first, while commits go on: each pass copies what came during
+                    # the one before, so the RESTART below (which holds the write lock) has
+                    # only the last few commits left to copy.
+                    for _ in range(_CATCH_UP_PASSES):
+                        if took <= _QUICK_PASS_SECONDS:
+                            break
+                        frames, took = _passive(conn)
+                    # Between this process's commits: tried while one is under way, it
+                    # would find the write lock taken nearly every time.
+                    with self._write_lock:
+                        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    self.restarts += busy == 0
                 failing = False
             except sqlite3.Error as exc:
                 if not failing:
@@ -166,6 +201,18 @@ class _Checkpointer:
                     conn = None
         if conn is not None:
             conn.close()
+
+
+# Before a RESTART: at most this many more PASSIVE passes, until one takes no longer than this.
+_CATCH_UP_PASSES = 4
+_QUICK_PASS_SECONDS = 0.005
+
+
+def _passive(conn: sqlite3.Connection) -> tuple[int, float]:
+    """A PASSIVE checkpoint: the frames in the WAL, and how long the pass took."""
+    started = time.monotonic()
+    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames), time.monotonic() - started
 
 
 _EVENT_INSERT = (
