@@ -319,6 +319,8 @@ class _Child:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
+        # recv() would allocate (and the allocator map and unmap) a fresh megabyte per call.
+        self._read = memoryview(bytearray(_READ_SIZE))
         self._store: Any = None
         self._max_batch = 32
         self._clock = ReceiptClock()
@@ -352,10 +354,10 @@ class _Child:
                 del buffer[:start]
             if frames:
                 return frames
-            chunk = self._sock.recv(_READ_SIZE)
-            if not chunk:
+            size = self._sock.recv_into(self._read)
+            if not size:
                 return None
-            buffer += chunk
+            buffer += self._read[:size]
 
     def run(self) -> int:
         # Ctrl-C and SIGTERM reach the whole process group; the server handles them and then
