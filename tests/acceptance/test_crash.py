@@ -44,6 +44,7 @@ from tests.acceptance.webhook_peer import WebhookPeer
 pytestmark = pytest.mark.slow
 
 STREAM_EVENTS = 200
+EXTRA_EVENTS = 12
 STORE_UNAVAILABLE = {"error": "store_unavailable",
                      "message": "events could not be stored; retry later"}
 
@@ -114,7 +115,16 @@ def test_kill9_of_receivers_and_workers_mid_stream_acts_once(
     events = [enrollment(n) for n in range(STREAM_EVENTS)]
     uuids = [e["uuid"] for e in events]
     sender = Sender(receivers, deliveries_of(events, rng, max_batch=4), connections=2,
-                    pace=0.3).start()
+                    pace=0.3, more_to_come=True).start()
+
+    def more_work() -> None:
+        """A few more events: a worker killed late in the stream whose workflow finished before
+        the kill landed may otherwise find nothing left to run once it is back."""
+        fresh = [enrollment(n) for n in range(len(events), len(events) + EXTRA_EVENTS)]
+        events.extend(fresh)
+        uuids.extend(e["uuid"] for e in fresh)
+        for more in deliveries_of(fresh, rng, max_batch=4):
+            sender.add(more)
 
     incidents = [("receiver", 0), ("receiver", 1), ("worker", 0), ("worker", 1)]
     rng.shuffle(incidents)
@@ -135,7 +145,9 @@ def test_kill9_of_receivers_and_workers_mid_stream_acts_once(
             # A workflow seen running can finish before the kill lands (an event takes two
             # steps); what is still PENDING under the dead worker was interrupted. Kill again
             # (a bounded number of times) until one was.
-            for _attempt in range(5):
+            for attempt in range(5):
+                if attempt:
+                    more_work()
                 wait_until(lambda worker=worker: fleet.in_flight(worker),
                            f"{worker.executor_id} to be running a workflow",
                            on_timeout=fleet.logs)
@@ -148,6 +160,7 @@ def test_kill9_of_receivers_and_workers_mid_stream_acts_once(
                     break
         print(f"killed and restarted {kind} {index} at {mark} acknowledged events")
 
+    sender.seal()
     sent = sender.join()
     assert sent.bad_answers == []
     assert set(sent.statuses) <= {204, 503}
