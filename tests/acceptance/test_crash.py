@@ -209,6 +209,11 @@ def test_the_survivor_takes_over_the_workflows_of_a_worker_killed_for_good(
     assert stuck in in_flight
 
     fleet.wait_done(uuids, "the survivor to finish the dead worker's workflows")
+    # The last action's result is recorded just before its workflow's own status is.
+    wait_until(lambda: all(fleet.workflows()[wid].status == "SUCCESS" for wid in in_flight),
+               "the taken-over workflows to succeed",
+               on_timeout=lambda: str({wid: fleet.workflows()[wid].status
+                                       for wid in in_flight}))
 
     workflows = fleet.workflows()
     for workflow_id in in_flight:
