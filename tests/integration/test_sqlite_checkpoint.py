@@ -120,7 +120,7 @@ def test_a_database_made_with_another_page_size_keeps_it_and_its_events(tmp_path
 
 def test_statement_journals_stay_in_memory(tmp_path: Path) -> None:
     """A batch's multi-row INSERT keeps a statement journal; on disk it cost a temporary file
-    created, written and deleted in every commit (decision 15)."""
+    created, written and deleted in every commit (decision 16)."""
     store = SqliteEventStore(tmp_path / "store.db")
     try:
         store.migrate()
@@ -136,13 +136,17 @@ def wal_pages(path: Path) -> int:
     return wal.stat().st_size // (24 + sqlite_store.PAGE_SIZE) if wal.exists() else 0
 
 
-def test_the_checkpointer_starts_a_long_wal_over_between_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Commits that never pause would let a PASSIVE checkpoint copy everything and still never
-    start the WAL over; the RESTART taken between two commits does, and loses nothing."""
+@pytest.fixture
+def quick_restarts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpointer that runs every 20 ms and starts the WAL over past 40 pages."""
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
     monkeypatch.setattr(sqlite_store, "WAL_RESTART_PAGES", 40)
+
+
+@pytest.mark.usefixtures("quick_restarts")
+def test_the_checkpointer_starts_a_long_wal_over_between_commits(tmp_path: Path) -> None:
+    """Commits that never pause would let a PASSIVE checkpoint copy everything and still never
+    start the WAL over; the RESTART taken between two commits does, and loses nothing."""
     path = tmp_path / "store.db"
     store = SqliteEventStore(path)
     store.migrate()
@@ -166,11 +170,10 @@ def test_the_checkpointer_starts_a_long_wal_over_between_commits(
     assert events_in_database_file(path) == batches * 20
 
 
+@pytest.mark.usefixtures("quick_restarts")
 def test_a_reader_in_the_way_makes_the_restart_give_up_without_blocking_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(sqlite_store, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
-    monkeypatch.setattr(sqlite_store, "WAL_RESTART_PAGES", 40)
     path = tmp_path / "store.db"
     store = SqliteEventStore(path)
     store.migrate()
