@@ -299,3 +299,65 @@ def test_a_child_that_dies_while_starting_fails_the_start_and_is_not_restarted(
         assert intake._process is None and not intake.healthy
 
     asyncio.run(main())
+
+
+class _RecordingTransport:
+    """Forwards to the real transport and keeps what was written, one entry per write."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+def test_each_body_goes_to_the_child_as_soon_as_its_request_reaches_the_intake(
+    tmp_path: Path,
+) -> None:
+    """Decision 17: also while the child is busy (SIGSTOP holds it mid-batch), every body is
+    written to it when its request reaches the intake, not gathered until the event loop's
+    iteration ends; the child still commits them all."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    open_store(url).close()
+    intake = ProcessIntake(url)
+    bodies = [delivery([okta_event(f"at-once-{n}")], f"at-once-{n}") for n in range(4)]
+
+    async def main() -> list[commit_process.Stored]:
+        await intake.start()
+        assert intake._process is not None and intake._transport is not None
+        recorder = _RecordingTransport(intake._transport)
+        intake._transport = recorder  # type: ignore[assignment]
+        pid = intake._process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            first = asyncio.create_task(intake.store("default", time.time(), bodies[0]))
+            await asyncio.sleep(0)
+            rest = [asyncio.create_task(intake.store("default", time.time(), body))
+                    for body in bodies[1:]]
+            await asyncio.sleep(0)  # the three run up to their wait, in one loop iteration
+            sent = []
+            for data in recorder.writes:
+                kind, org_length, body_length, _ = commit_process._HEAD.unpack_from(data)
+                assert len(data) == commit_process._HEAD.size + org_length + body_length
+                sent.append((kind, data[commit_process._HEAD.size + org_length:]))
+            assert sent == [(commit_process.DELIVERY, body) for body in bodies]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stored = await asyncio.gather(first, *rest)
+        await intake.close()
+        return stored
+
+    stored = asyncio.run(main())
+    assert [(s.delivery_id, s.outcome.new) for s in stored] == [
+        (f"at-once-{n}", 1) for n in range(4)
+    ]
+    check = open_store(url, migrate=False)
+    try:
+        assert all(check.get_event(f"at-once-{n}") is not None for n in range(4))
+    finally:
+        check.close()

@@ -1,14 +1,19 @@
 """The commit process: parsing and the group commit of hook deliveries in a child process.
 
 ``factorflow serve`` starts one child (``python -m factorflow.store.commit_process``) and talks
-to it over a socket pair. The event loop writes the bodies of the requests it has read (with
-their org and receipt time) at once while the child is idle, otherwise in one write per loop
-iteration; the child reads whatever has
-arrived, parses each body, commits the events of all of them in one transaction, and writes one
-answer for the whole batch: per delivery, what was stored, why the body was refused (400), or
-that the commit failed (503). Answers come back in the order the requests were sent. While the
-child commits, the next requests are read and queue up in the socket, so each commit takes
-everything that arrived during the one before it.
+to it over a socket pair. The event loop writes each request's body (with its org and receipt
+time) to the socket as soon as it has read it; the child reads whatever has arrived (at most
+``max_batch`` bodies), parses each body, commits the events of all of them in one
+transaction, and writes one answer for the whole batch: per delivery, what was stored, why the
+body was refused (400), or that the commit failed (503). Answers come back in the order the
+requests were sent. While the child commits, the next requests are read and queue up in the
+socket, so each commit takes what arrived during the one before it.
+
+Each body is written on its own, at once, rather than gathered into one write per loop
+iteration: a body held back until the end of a busy iteration (one that answers a batch and
+reads the next requests) kept the child waiting for work it could have started. One write
+per request costs the loop little, and the child's batches still form while it commits
+(decision 17).
 
 Why a process (decision 14): in one process the commit thread's Python code and the event loop
 share the interpreter lock, and each SQLite statement gives the lock up and must wait to get it
@@ -120,9 +125,6 @@ class ProcessIntake:
         self._process: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
-        self._outgoing: list[bytes] = []
-        self._flush_scheduled = False
-        self._unanswered = 0  # bodies written to the child and not answered yet
         self._ready: asyncio.Future[None] | None = None
         self._closing = False
         self._restart: asyncio.TimerHandle | None = None
@@ -169,7 +171,8 @@ class ProcessIntake:
             raise StoreUnavailable(f"the commit process did not start: {exc}") from None
 
     async def store(self, org: str, received: float, body: bytes) -> Stored:
-        if self._transport is None or self._closing or not self._started:
+        transport = self._transport
+        if transport is None or self._closing or not self._started:
             raise StoreUnavailable("the commit process is not running")
         loop = self._loop
         assert loop is not None
@@ -177,23 +180,9 @@ class ProcessIntake:
         name = self._orgs.get(org)
         if name is None:
             name = self._orgs[org] = org.encode()
-        self._outgoing.append(_frame(DELIVERY, name, body, received))
+        transport.write(_frame(DELIVERY, name, body, received))  # at once: see the module doc
         self._waiting.append(done)
-        if not self._unanswered:
-            # The child is idle: hand this body over now rather than at the end of the loop's
-            # iteration, which may first run many other requests.
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
         return await done
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._outgoing and self._transport is not None:
-            self._transport.write(b"".join(self._outgoing))
-            self._unanswered += len(self._outgoing)
-        self._outgoing.clear()
 
     def _answered(self, answer: list[Any]) -> None:
         if answer and isinstance(answer[0], str):  # "ready" or "failed"
@@ -205,7 +194,6 @@ class ProcessIntake:
                 ready.set_exception(StoreUnavailable(str(answer[1])))
             return
         new = False
-        self._unanswered -= len(answer)
         for entry in answer:
             done = self._waiting.popleft()
             kind = entry[0]
@@ -228,8 +216,6 @@ class ProcessIntake:
         deliberate = self._transport is None  # closed by _stop_child or close()
         self._transport = None
         self._started = False
-        self._outgoing.clear()
-        self._unanswered = 0
         waiting, self._waiting = self._waiting, collections.deque()
         for done in waiting:
             if not done.done():
@@ -272,7 +258,6 @@ class ProcessIntake:
         if self._restart is not None:
             self._restart.cancel()
             self._restart = None
-        self._flush()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_TIMEOUT_SECONDS
         if self._transport is not None:
