@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -639,6 +640,31 @@ def test_valid_events_are_stored_and_invalid_ones_quarantined_with_reasons(
     assert metric(client, "factorflow_events_received_total", result="new") == 2.0
     assert metric(client, "factorflow_events_received_total", result="quarantined") == 5.0
     assert metric(client, "factorflow_deliveries_total", org="default") == 1.0
+
+
+def test_an_event_nested_too_deep_to_rewrite_is_quarantined_and_its_neighbour_stored(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """orjson reads 1,024 levels but writes 254: such an event used to crash the parse (503,
+    again on Okta's retry). It is quarantined with its JSON; its neighbour is stored."""
+    deep = okta_event("too-deep")
+    deep["debugContext"] = {"debugData": {"nest": json.loads("[" * 300 + "]" * 300)}}
+    good = okta_event("beside-the-deep-one")
+    # Written by the standard library: orjson would refuse it here as well.
+    document = orjson.loads(delivery([good], "deep-delivery"))
+    document["data"]["events"].append(deep)
+    response = client.post(HOOK, content=json.dumps(document).encode(), headers=auth)
+
+    assert response.status_code == 204
+    assert result_header(response) == "new=1 duplicate=0 quarantined=1"
+    store = store_of(client)
+    assert stored_raw(store, "beside-the-deep-one") == good
+    assert store.get_event("too-deep") is None
+    (entry,) = store.quarantine()
+    assert (entry.reason_code, entry.uuid, entry.delivery_id) == (
+        "too_deep", "too-deep", "deep-delivery")
+    assert entry.reason == "events[1] nests arrays or objects deeper than 254 levels"
+    assert json.loads(entry.raw) == deep
 
 
 def test_a_redelivery_stores_nothing_new_and_is_recorded_as_duplicates(
