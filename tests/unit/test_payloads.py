@@ -623,3 +623,42 @@ def test_any_json_value_becomes_an_event_or_a_quarantine_entry(value: Any, index
 def test_any_list_of_json_values_is_split_without_loss(events: list[Any]) -> None:
     parsed = parse_delivery(body_of(envelope(events)))
     assert len(parsed.events) + len(parsed.quarantined) == len(events)
+
+
+def _nested_text(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("levels", [255, 300, 900])
+def test_an_event_nested_deeper_than_orjson_writes_is_quarantined_with_its_json(
+    levels: int,
+) -> None:
+    event_text = '{"uuid":"deep-1","eventType":"x","published":"2026-03-15T10:22:14.000Z",' \
+        f'"debugContext":{_nested_text(levels)}}}'
+    good = make_event(uuid="shallow-1")
+    body = ('{"eventType":"com.okta.event_hook","data":{"events":['
+            f"{orjson.dumps(good).decode()},{event_text},{_nested_text(levels)}]}}}}").encode()
+    parsed = parse_delivery(body)
+    assert [event.uuid for event in parsed.events] == ["shallow-1"]
+    assert [(q.uuid, q.reason_code, q.reason) for q in parsed.quarantined] == [
+        ("deep-1", "too_deep", "events[1] nests arrays or objects deeper than 254 levels"),
+        (None, "too_deep", "events[2] nests arrays or objects deeper than 254 levels"),
+    ]
+    assert json.loads(parsed.quarantined[0].raw) == json.loads(event_text)
+    assert json.loads(parsed.quarantined[1].raw) == json.loads(_nested_text(levels))
+
+
+def test_an_event_too_deep_even_for_the_standard_library_is_quarantined_and_says_so() -> None:
+    body = ('{"eventType":"com.okta.event_hook","data":{"events":['
+            f'{{"uuid":"deepest","n":{_nested_text(1015)}}}]}}}}').encode()
+    (entry,) = parse_delivery(body).quarantined
+    assert (entry.uuid, entry.reason_code) == ("deepest", "too_deep")
+    assert orjson.loads(entry.raw) == "(not kept: nested deeper than this service can write)"
+
+
+def test_a_body_nested_deeper_than_orjson_reads_is_refused_as_invalid_json() -> None:
+    body = ('{"eventType":"com.okta.event_hook","data":{"events":['
+            f"{_nested_text(1100)}]}}}}").encode()
+    with pytest.raises(RejectedDelivery) as refused:
+        parse_delivery(body)
+    assert (refused.value.status, refused.value.code) == (400, "invalid_json")

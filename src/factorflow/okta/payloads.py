@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-import simdjson
 
 from factorflow.errors import RejectedDelivery
 
@@ -73,102 +71,7 @@ class ParsedDelivery:
 
 
 def parse_delivery(body: bytes) -> ParsedDelivery:
-    """Parse a hook POST body; raise :class:`RejectedDelivery` (400) if it is not a delivery.
-
-    Two ways to one result: :func:`parse_common_delivery` for the deliveries Okta sends (it
-    reads only the few fields the store keys on, and each event's JSON in one piece), and
-    :func:`parse_any_delivery`, the reference, for every body the first declines.
-    """
-    parsed = parse_common_delivery(body)
-    return parsed if parsed is not None else parse_any_delivery(body)
-
-
-def parse_common_delivery(body: bytes) -> ParsedDelivery | None:
-    """What :func:`parse_any_delivery` returns for ``body``, or None when ``body`` is anything
-    but a plain delivery whose every event is stored: not valid JSON by simdjson's rules, no
-    envelope, an event to quarantine, a key simdjson and orjson could read differently (a
-    repeated key: simdjson finds the first, orjson keeps the last), an integer beyond 64 bits.
-
-    On the hook's hot path: simdjson validates the whole body (UTF-8, numbers, structure) and
-    builds no Python object for what nobody reads, and an event's ``mini`` is its minified
-    JSON: as ``orjson.dumps`` writes it, except that a few numbers are written another way
-    (``1e-05`` for ``0.00001``, the same value). Half the time of the reference (decision 17).
-    """
-    if body.startswith(b"\xef\xbb\xbf"):  # simdjson skips a byte order mark, orjson refuses it
-        return None
-    parser = _SIMDJSON.__dict__.get("parser")
-    if parser is None:  # a parser per thread: one parser holds one document at a time
-        parser = _SIMDJSON.parser = simdjson.Parser()
-    try:
-        document = parser.parse(body)
-    except Exception:  # ValueError, UnicodeDecodeError, RuntimeError: the reference decides
-        return None
-    try:
-        return _common_delivery(document)
-    except Exception:  # an unexpected shape: the reference decides
-        return None
-    finally:
-        del document  # the parser refuses the next body while a proxy of this one lives
-
-
-_SIMDJSON = threading.local()
-_EVENT_KEYS = (b'"uuid":', b'"eventType":', b'"published":')
-_MAX_COMMON_BRACKETS = 200
-
-
-def _repeats_a_key(document: simdjson.Object) -> bool:
-    keys = list(document.keys())  # simdjson lists a repeated key each time
-    return len(keys) != len(set(keys))
-
-
-def _common_delivery(document: object) -> ParsedDelivery | None:
-    if not isinstance(document, simdjson.Object) or _repeats_a_key(document):
-        return None
-    if document.get("eventType") != HOOK_ENVELOPE_TYPE:
-        return None
-    data = document.get("data")
-    if not isinstance(data, simdjson.Object) or _repeats_a_key(data):
-        return None
-    events = data.get("events")
-    if not isinstance(events, simdjson.Array):
-        return None
-    stored: list[IncomingEvent] = []
-    for event in events:
-        if not isinstance(event, simdjson.Object):
-            return None
-        raw = event.mini
-        if not isinstance(raw, bytes):
-            return None
-        # In minified JSON a key is `"name":`, a text that cannot occur inside a string.
-        if any(raw.count(key) != 1 for key in _EVENT_KEYS):
-            return None
-        # orjson writes 254 levels at most; fewer brackets than that cannot nest deeper.
-        if raw.count(b"{") + raw.count(b"[") > _MAX_COMMON_BRACKETS:
-            return None
-        uuid, event_type, published = event.get("uuid"), event.get("eventType"), event.get(
-            "published")
-        if not (
-            type(uuid) is str and type(event_type) is str and type(published) is str
-            and uuid.strip() and event_type.strip() and len(uuid) <= MAX_UUID_LENGTH
-            and _OKTA_TIMESTAMP.fullmatch(published)
-        ):
-            return None  # quarantined, with the reference's reason
-        stored.append(IncomingEvent(
-            uuid=uuid, event_type=event_type, published=published,
-            published_at=normalise_timestamp(published), raw=raw,
-        ))
-    return ParsedDelivery(
-        delivery_id=_optional_str(document.get("eventId")),
-        hook_id=hook_id_from_source(document.get("source")),
-        event_time=_optional_str(document.get("eventTime")),
-        events=tuple(stored),
-        quarantined=(),
-    )
-
-
-def parse_any_delivery(body: bytes) -> ParsedDelivery:
-    """The reference parse of a hook POST body (orjson, every event checked and kept as
-    ``orjson.dumps`` writes it); RejectedDelivery (400) if it is not a delivery."""
+    """Parse a hook POST body; raise :class:`RejectedDelivery` (400) if it is not a delivery."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -219,21 +122,21 @@ def check_events(
 def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
     """Turn one element of ``data.events`` (or one System Log record) into an event or a
     quarantine entry with the reason."""
-    if not isinstance(event, dict):
-        return QuarantinedEvent(
-            None, "not_object", f"events[{index}] is {type(event).__name__}, not an object",
-            orjson.dumps(event),
-        )
-    uuid = event.get("uuid")
-    uuid_key = uuid if isinstance(uuid, str) and uuid else None
     try:
         raw = orjson.dumps(event)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        uuid = event.get("uuid") if isinstance(event, dict) else None
         return QuarantinedEvent(
-            uuid_key, "too_deep",
+            uuid if isinstance(uuid, str) and uuid else None, "too_deep",
             f"events[{index}] nests arrays or objects deeper than {MAX_NESTING} levels",
             _deep_raw(event),
         )
+    if not isinstance(event, dict):
+        return QuarantinedEvent(
+            None, "not_object", f"events[{index}] is {type(event).__name__}, not an object", raw,
+        )
+    uuid = event.get("uuid")
+    uuid_key = uuid if isinstance(uuid, str) and uuid else None
     problem = _missing_field(event)
     if problem is not None:
         code, reason = problem
@@ -257,7 +160,9 @@ def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
     )
 
 
-def _deep_raw(event: dict[str, Any]) -> bytes:
+def _deep_raw(event: Any) -> bytes:
+    """An event too deep for orjson, written by the standard library; past its recursion
+    limit (about a thousand levels: orjson reads 1,024) it is not kept, and the entry says so."""
     try:
         return json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
     except RecursionError:
