@@ -122,12 +122,13 @@ def check_events(
 def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
     """Turn one element of ``data.events`` (or one System Log record) into an event or a
     quarantine entry with the reason."""
+    uuid = event.get("uuid") if isinstance(event, dict) else None
+    uuid_key = uuid if isinstance(uuid, str) and uuid else None
     try:
         raw = orjson.dumps(event)
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
-        uuid = event.get("uuid") if isinstance(event, dict) else None
         return QuarantinedEvent(
-            uuid if isinstance(uuid, str) and uuid else None, "too_deep",
+            uuid_key, "too_deep",
             f"events[{index}] nests arrays or objects deeper than {MAX_NESTING} levels",
             _deep_raw(event),
         )
@@ -135,8 +136,6 @@ def check_event(event: Any, index: int = 0) -> IncomingEvent | QuarantinedEvent:
         return QuarantinedEvent(
             None, "not_object", f"events[{index}] is {type(event).__name__}, not an object", raw,
         )
-    uuid = event.get("uuid")
-    uuid_key = uuid if isinstance(uuid, str) and uuid else None
     problem = _missing_field(event)
     if problem is not None:
         code, reason = problem
