@@ -196,9 +196,16 @@ class Fleet(Installation):
         return out
 
     def unfinished(self, uuids: list[str]) -> list[str]:
+        """The events whose actions have not all finished, or whose workflow has not recorded
+        its own end yet (it does so just after its last action's result)."""
         results = self.results()
-        return [u for u in uuids if tuple(sorted(results.get(u, {}))) != ACTION_IDS
+        left = [u for u in uuids if tuple(sorted(results.get(u, {}))) != ACTION_IDS
                 or not {status for status, _ in results[u].values()} <= FINISHED]
+        if left:
+            return left
+        workflows = self.workflows()  # a client per call: only once the actions are done
+        return [u for u in uuids
+                if u not in workflows or workflows[u].status in ("PENDING", "ENQUEUED")]
 
     def wait_done(self, uuids: list[str], what: str = "every action of every event") -> None:
         def progress() -> str:
