@@ -247,6 +247,40 @@ def test_same_event_twice_in_one_delivery_is_stored_once(
     assert store.counts() == {"events": 2, "deliveries": 1, "quarantined": 0}
 
 
+def test_a_batch_larger_than_one_statement_is_counted_exactly(
+    store: SqlEventStore, main_events: list[dict[str, Any]]
+) -> None:
+    """More events in one commit than one statement takes (SQLite: 64 rows): the lookup, the
+    inserts and the ledger are split, and each event still lands once, in uuid order."""
+    template = main_events[9]
+    events = [{**template, "uuid": f"big-batch-{n:04d}"} for n in range(150)]
+    [early] = store.record([receipt(envelope(events[70:72], "d-early"), received(1))])
+    batch = [
+        receipt(envelope(events[:60], "d-a"), received(2)),
+        receipt(envelope(events[50:120], "d-b"), received(3)),  # 50-59 repeat d-a's
+        receipt(envelope([*events[119:150], events[0]], "d-c"), received(4)),  # 119, 0 repeat
+    ]
+
+    outcomes = store.record(batch)
+
+    assert (early.new, early.duplicate) == (2, 0)
+    # d-b: 70 events, of which 50-59 are d-a's and 70-71 were stored by d-early.
+    assert [(o.total, o.new, o.duplicate, o.quarantined) for o in outcomes] == [
+        (60, 60, 0, 0), (70, 58, 12, 0), (32, 30, 2, 0),
+    ]
+    assert store.counts() == {"events": 150, "deliveries": 4, "quarantined": 0}
+    assert [r.events_new for r in store.ledger()] == [30, 58, 60, 2]
+    for n in (0, 55, 71, 119, 149):
+        stored = store.get_event(f"big-batch-{n:04d}")
+        assert stored is not None
+        expected = "d-a" if n < 60 else "d-early" if n in (70, 71) else "d-b" if n < 120 else "d-c"
+        assert stored.delivery_id == expected
+    committed = [e for e in store.recent_events(limit=200) if e.delivery_id != "d-early"]
+    seqs = {e.uuid: e.seq for e in committed}
+    assert len(seqs) == 148
+    assert sorted(seqs, key=seqs.__getitem__) == sorted(seqs)  # one commit: seq in uuid order
+
+
 @pytest.mark.parametrize("same_batch", [False, True], ids=["later-batch", "same-batch"])
 def test_different_event_under_a_taken_uuid_is_quarantined(
     store: SqlEventStore, main_events: list[dict[str, Any]], same_batch: bool

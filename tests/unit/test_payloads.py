@@ -141,6 +141,16 @@ def test_hook_id_comes_from_the_source_url(source: Any, expected: str | None) ->
     assert parse_delivery(body_of(envelope([], source=source))).hook_id == expected
 
 
+def test_hook_ids_stay_right_as_sources_pass_the_remembered_ones() -> None:
+    """The ids found are remembered per source (one search per hook, not per delivery); far
+    more distinct sources than are remembered still each give their own id, again and again."""
+    sources = [f"https://example.okta.com/api/v1/eventHooks/who{n:05d}" for n in range(600)]
+    for _ in range(2):
+        assert [hook_id_from_source(s) for s in sources] == [f"who{n:05d}" for n in range(600)]
+    assert hook_id_from_source("https://example.okta.com/api/v1/other/who1") is None
+    assert hook_id_from_source("https://example.okta.com/api/v1/other/who1") is None
+
+
 # -- rejected as a whole (400) -----------------------------------------------------------------
 
 

@@ -176,6 +176,13 @@ def content_hash(raw: bytes | str) -> str:
 
 
 def _missing_field(event: dict[str, Any]) -> tuple[str, str] | None:
+    uuid, event_type, published = event.get("uuid"), event.get("eventType"), event.get("published")
+    if (  # the usual case, answered without the loop below
+        type(uuid) is str and type(event_type) is str and type(published) is str
+        and uuid.strip() and event_type.strip() and published.strip()
+        and len(uuid) <= MAX_UUID_LENGTH
+    ):
+        return None
     for field in ("uuid", "eventType", "published"):
         value = event.get(field)
         if value is None:
@@ -240,8 +247,19 @@ def seconds_between(
 def hook_id_from_source(source: Any) -> str | None:
     if not isinstance(source, str):
         return None
-    match = _HOOK_ID.search(source)
-    return match.group(1) if match else None
+    found = _hook_ids.get(source, _UNSEEN)
+    if found is _UNSEEN:  # a hook's deliveries all name the same source: searched once
+        match = _HOOK_ID.search(source)
+        found = match.group(1) if match else None
+        if len(_hook_ids) >= _HOOK_ID_CACHE:
+            _hook_ids.clear()
+        _hook_ids[source] = found
+    return found  # type: ignore[return-value]
+
+
+_UNSEEN = object()
+_HOOK_ID_CACHE = 256
+_hook_ids: dict[str, str | None] = {}
 
 
 def _optional_str(value: Any) -> str | None:

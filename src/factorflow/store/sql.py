@@ -38,7 +38,7 @@ _LEDGER_COLUMNS = (
 )
 
 
-_LEDGER_INSERT = (
+LEDGER_INSERT = (
     "INSERT INTO deliveries (delivery_id, hook_id, org, received_at, event_time, events_total, "
     "events_new, events_duplicate, events_quarantined) VALUES"
 )
@@ -165,7 +165,7 @@ class SqlEventStore:
             )
             taken[r, e] = tuple(cur.fetchone())
         outcomes = [self._record_one(cur, receipt, r, taken) for r, receipt in enumerate(receipts)]
-        self._insert_rows(cur, _LEDGER_INSERT, [
+        self._insert_rows(cur, LEDGER_INSERT, [
             (
                 receipt.delivery_id, receipt.hook_id, receipt.org, receipt.received_at,
                 receipt.delivery.event_time, outcome.total, outcome.new, outcome.duplicate,
@@ -211,7 +211,7 @@ class SqlEventStore:
         new = duplicate = 0
         quarantined = len(delivery.quarantined)
         for e, event in enumerate(delivery.events):
-            stored = taken[index, e]
+            stored = taken.get((index, e))  # None: stored by this commit
             if stored is None:
                 new += 1
                 continue

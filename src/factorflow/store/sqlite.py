@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from factorflow.store.base import DeliveryOutcome, Receipt
-from factorflow.store.sql import SqlEventStore
+from factorflow.store.sql import LEDGER_INSERT, SqlEventStore, multi_row_sql
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SqliteEventStore(SqlEventStore):
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0,
+            cached_statements=STATEMENT_CACHE,
         )
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # no effect once the file has content
@@ -91,38 +92,87 @@ class SqliteEventStore(SqlEventStore):
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
 
-    def _insert_events(self, cur: Any, sql: str, rows: list[tuple[Any, ...]]) -> list[bool]:
-        """Which uuids are stored already (one query), then the new rows in a few multi-row
-        INSERTs: a handful of statements per batch instead of one per event.
+    def _record_batch(self, cur: Any, receipts: Sequence[Receipt]) -> list[DeliveryOutcome]:
+        """The shared ``_record_batch`` (same order of statements, same outcomes), written
+        for this hot path: one statement of the exact size for each of the lookup, the
+        events and the ledger (SQLite's statement cache keeps one text per size), parameters
+        built flat, and a delivery whose events are all new skips the per-event bookkeeping.
 
-        That matters beyond the statements' own cost: each statement lets go of the GIL while
-        SQLite works, and getting it back can mean waiting for the event loop's thread to
-        reach its switch interval; a commit with one statement per event spent most of its
-        time waiting so. Reading first is safe here: ``BEGIN IMMEDIATE`` holds SQLite's write
-        lock, so nobody can store one of these uuids between the read and the insert (and if
-        somebody did, the plain INSERT would fail the whole commit rather than miscount).
+        Which uuids are stored already is read first, then only the new rows are inserted.
+        That is safe here: ``BEGIN IMMEDIATE`` holds SQLite's write lock, so nobody can store
+        one of these uuids between the read and the insert (and if somebody did, the plain
+        INSERT would fail the whole commit rather than miscount). Fewer, larger statements
+        matter beyond their own cost: each one lets go of the interpreter lock while SQLite
+        works (see the thread intake).
         """
-        existing: set[str] = set()
-        uuids = sorted({row[0] for row in rows})
-        start = 0
-        while start < len(uuids):
-            size = min(_MAX_IN_LIST, 1 << ((len(uuids) - start).bit_length() - 1))
-            chunk = uuids[start:start + size]
-            cur.execute(_select_stored(size), chunk)
-            existing.update(found for (found,) in cur.fetchall())
-            start += size
-        fresh: list[tuple[Any, ...]] = []
-        inserted: list[bool] = []
-        for row in rows:
-            uuid = row[0]
+        order = sorted(
+            (event.uuid, r, e)
+            for r, receipt in enumerate(receipts)
+            for e, event in enumerate(receipt.delivery.events)
+        )
+        existing = self._stored_uuids(cur, [uuid for uuid, _, _ in order])
+        params: list[Any] = []
+        again: list[tuple[str, int, int]] = []  # copies of a uuid stored already
+        for uuid, r, e in order:
             if uuid in existing:
-                inserted.append(False)
+                again.append((uuid, r, e))
+                continue
+            existing.add(uuid)  # a second copy in this batch is a duplicate of the first
+            receipt = receipts[r]
+            event = receipt.delivery.events[e]
+            params += (
+                uuid, event.event_type, event.published, event.published_at,
+                receipt.received_at, receipt.delivery_id, receipt.hook_id, receipt.org,
+                event.raw.decode(),
+            )
+        _insert_flat(cur, _EVENT_INSERT, _EVENT_VALUES, _EVENT_WIDTH, params)
+        taken: dict[tuple[int, int], tuple[Any, ...] | None] = {}
+        for uuid, r, e in again:
+            cur.execute(_SELECT_COPY, (uuid,))
+            taken[r, e] = tuple(cur.fetchone())
+        outcomes: list[DeliveryOutcome] = []
+        ledger: list[Any] = []
+        for r, receipt in enumerate(receipts):
+            delivery = receipt.delivery
+            if delivery.quarantined or (taken and _has_copy(taken, r, len(delivery.events))):
+                outcome = self._record_one(cur, receipt, r, taken)
             else:
-                existing.add(uuid)  # a second copy in this batch is a duplicate of the first
-                fresh.append(row)
-                inserted.append(True)
-        self._insert_rows(cur, _EVENT_INSERT, fresh, _EVENT_VALUES)
-        return inserted
+                count = len(delivery.events)
+                outcome = DeliveryOutcome(total=count, new=count, duplicate=0, quarantined=0)
+            outcomes.append(outcome)
+            ledger += (
+                receipt.delivery_id, receipt.hook_id, receipt.org, receipt.received_at,
+                delivery.event_time, outcome.total, outcome.new, outcome.duplicate,
+                outcome.quarantined,
+            )
+        _insert_flat(cur, LEDGER_INSERT, _LEDGER_VALUES, _LEDGER_WIDTH, ledger)
+        return outcomes
+
+    def _stored_uuids(self, cur: Any, uuids: list[str]) -> set[str]:
+        """Which of ``uuids`` (sorted) are stored already."""
+        found: set[str] = set()
+        for start in range(0, len(uuids), _MAX_ROWS_PER_STATEMENT):
+            chunk = uuids[start:start + _MAX_ROWS_PER_STATEMENT]
+            cur.execute(_select_stored(len(chunk)), chunk)
+            found.update(uuid for (uuid,) in cur.fetchall())
+        return found
+
+
+def _has_copy(taken: dict[tuple[int, int], Any], receipt: int, events: int) -> bool:
+    return any((receipt, e) in taken for e in range(events))
+
+
+def _insert_flat(cur: Any, insert: str, group: str, width: int, params: list[Any]) -> None:
+    """``insert`` (``INSERT INTO t (...) VALUES``) for rows given as one flat list of
+    ``width`` values each: one statement of the exact size per _MAX_ROWS_PER_STATEMENT rows."""
+    rows = len(params) // width
+    if rows <= _MAX_ROWS_PER_STATEMENT:
+        if rows:
+            cur.execute(_multi_row(insert, group, rows), params)
+        return
+    for start in range(0, rows, _MAX_ROWS_PER_STATEMENT):
+        chunk = params[start * width:(start + _MAX_ROWS_PER_STATEMENT) * width]
+        cur.execute(_multi_row(insert, group, len(chunk) // width), chunk)
 
 
 class _Checkpointer:
@@ -215,18 +265,33 @@ def _passive(conn: sqlite3.Connection) -> tuple[int, float]:
     return int(frames), time.monotonic() - started
 
 
+# Rows per statement at most. Each size up to this has a statement text of its own, and
+# sqlite3 keeps STATEMENT_CACHE prepared statements per connection (its default, 128, is
+# less than three kinds of statement times this many sizes).
+_MAX_ROWS_PER_STATEMENT = 64
+STATEMENT_CACHE = 512
 _EVENT_INSERT = (
     "INSERT INTO events (uuid, event_type, published, published_at, received_at, delivery_id, "
     "hook_id, org, provenance, content_hash, raw) VALUES"
 )
 # One row of _EVENT_INSERT: the hook's rows, whose provenance and (empty) content hash are fixed.
 _EVENT_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, 'hook', '', ?)"
-_MAX_IN_LIST = 512
+_EVENT_WIDTH = 9
+_LEDGER_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_LEDGER_WIDTH = 9
+_SELECT_COPY = (
+    "SELECT raw, received_at, provenance, event_type, published_at FROM events WHERE uuid = ?"
+)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=2 * _MAX_ROWS_PER_STATEMENT)
 def _select_stored(size: int) -> str:
     return "SELECT uuid FROM events WHERE uuid IN (" + ", ".join("?" * size) + ")"
+
+
+@functools.lru_cache(maxsize=4 * _MAX_ROWS_PER_STATEMENT)
+def _multi_row(insert: str, group: str, rows: int) -> str:
+    return multi_row_sql(insert, group, rows)
 
 
 def _switch_to_wal(conn: sqlite3.Connection, attempts: int = 50) -> None:
