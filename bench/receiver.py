@@ -81,7 +81,7 @@ class Profile:
     fixed_connections: int = 32
 
 
-FULL = Profile(warmup_s=2, measure_s=10, repeats=3, fixed_warmup_s=1.0, fixed_s=10.0)
+FULL = Profile(warmup_s=2, measure_s=10, repeats=5, fixed_warmup_s=1.0, fixed_s=10.0)
 QUICK = Profile(warmup_s=1, measure_s=2, repeats=1, fixed_warmup_s=0.5, fixed_s=2.0)
 
 
