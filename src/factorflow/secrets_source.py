@@ -74,18 +74,43 @@ def read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | N
 
 def _generated_secret(path: Path) -> str:
     if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
-    log.warning(
-        "hook.secret_generated",
-        extra={"fields": {"path": str(path), "hint": "configure this value in Okta"}},
-    )
+        value = path.read_text(encoding="utf-8").strip()
+    else:
+        value, created = keep_generated(path, secrets.token_urlsafe(32))
+        if created:
+            log.warning(
+                "hook.secret_generated",
+                extra={"fields": {"path": str(path), "hint": "configure this value in Okta"}},
+            )
+    if not value:  # an empty secret would accept an empty credential
+        raise ConfigError(f"{path} is empty: delete it to generate a new hook secret")
     return value
 
+
+def keep_generated(path: Path, value: str) -> tuple[str, bool]:
+    """The secret kept in ``path`` (owner-only): ``value`` if this call created the file
+    (True), else what another process kept there first (False).
+
+    The file appears whole: the value is written to a private file next to it and linked into
+    place, which fails if ``path`` exists. Creating ``path`` itself and then writing it let a
+    process starting at the same moment (two receivers on one data directory) read it empty,
+    and take an empty secret.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(value + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip(), False
+        return value, True
+    finally:
+        draft.unlink(missing_ok=True)
 
 
 USER_HASH_KEY_FILE = "log-user-hash-key"
@@ -98,11 +123,5 @@ def user_hash_key(settings: Settings) -> bytes | None:
         return None
     path = settings.data_dir / USER_HASH_KEY_FILE
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_bytes().strip()
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secrets.token_hex(32) + "\n")
+        return keep_generated(path, secrets.token_hex(32))[0].encode()
     return path.read_bytes().strip()

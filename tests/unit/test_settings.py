@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pydantic import SecretStr
 
 from factorflow.errors import ConfigError
 from factorflow.logs import JsonFormatter, TextFormatter
-from factorflow.secrets_source import GENERATED_SECRET_FILE, resolve_credentials
+from factorflow.secrets_source import GENERATED_SECRET_FILE, keep_generated, resolve_credentials
 from factorflow.settings import Settings, load_settings
 
 FILE_SECRET = "file-secret-value-7f3a9c"
@@ -495,6 +496,44 @@ def test_a_generated_secret_is_kept_owner_only_reused_and_never_logged(
     assert path.read_text(encoding="utf-8").strip() == value
     assert not [r for r in caplog.records if r.getMessage() == "hook.secret_generated"]
     assert value not in _render(caplog.records)
+
+
+def test_processes_generating_one_secret_at_once_all_get_the_whole_value(tmp_path: Path) -> None:
+    """Two receivers starting on one data directory: each must read the value the other
+    kept, never the file half-made (empty), whoever wins the race."""
+    for round_ in range(40):
+        path = tmp_path / f"round-{round_}" / GENERATED_SECRET_FILE
+        start = threading.Barrier(8)
+        results: list[tuple[str, bool]] = []
+
+        def generate(
+            n: int, path: Path = path, start: threading.Barrier = start,
+            results: list[tuple[str, bool]] = results,
+        ) -> None:
+            start.wait()
+            results.append(keep_generated(path, f"value-{n}-" + "x" * 40))
+
+        threads = [threading.Thread(target=generate, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        kept = path.read_text(encoding="utf-8").strip()
+        assert kept.startswith("value-") and kept.endswith("x" * 40)
+        assert [value for value, _ in results] == [kept] * 8
+        assert sum(created for _, created in results) == 1
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert sorted(p.name for p in path.parent.iterdir()) == [GENERATED_SECRET_FILE]
+
+
+def test_an_empty_generated_secret_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / GENERATED_SECRET_FILE
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(
+        f"{path} is empty: delete it to generate a new hook secret"
+    )):
+        resolve_credentials(Settings(data_dir=tmp_path))
+    assert path.read_text(encoding="utf-8") == "\n"  # left for the operator to look at
 
 
 def test_no_secret_is_generated_when_generation_is_off(tmp_path: Path) -> None:

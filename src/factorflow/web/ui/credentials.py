@@ -4,13 +4,12 @@ directory (owner-only), like the hook secret."""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from factorflow.errors import ConfigError
-from factorflow.secrets_source import read_secret
+from factorflow.secrets_source import keep_generated, read_secret
 from factorflow.settings import Settings
 from factorflow.web.ui.passwords import check_hash_format
 from factorflow.web.ui.signin import LocalAdmin
@@ -93,18 +92,14 @@ def _loopback_http(url: str) -> bool:
 def _generated(path: Path, key: str, generate: bool) -> str:
     if not path.exists() and not generate:
         return secrets.token_urlsafe(24)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_text(encoding="utf-8").strip()
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(secrets.token_urlsafe(24) + "\n")
-        log.warning("ui.secret_generated", extra={"fields": {
-            "setting": key, "path": str(path), "hint": "readable by its owner only",
-        }})
-    text = path.read_text(encoding="utf-8").strip()
+    if path.exists():
+        text = path.read_text(encoding="utf-8").strip()
+    else:
+        text, created = keep_generated(path, secrets.token_urlsafe(24))
+        if created:
+            log.warning("ui.secret_generated", extra={"fields": {
+                "setting": key, "path": str(path), "hint": "readable by its owner only",
+            }})
     if not text:
         raise ConfigError(f"{path} is empty: delete it to generate a new {key}")
     return text
