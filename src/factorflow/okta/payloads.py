@@ -10,6 +10,7 @@ delivery that was answered with a 4xx.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -245,21 +246,13 @@ def seconds_between(
 
 
 def hook_id_from_source(source: Any) -> str | None:
-    if not isinstance(source, str):
-        return None
-    found = _hook_ids.get(source, _UNSEEN)
-    if found is _UNSEEN:  # a hook's deliveries all name the same source: searched once
-        match = _HOOK_ID.search(source)
-        found = match.group(1) if match else None
-        if len(_hook_ids) >= _HOOK_ID_CACHE:
-            _hook_ids.clear()
-        _hook_ids[source] = found
-    return found  # type: ignore[return-value]
+    return _hook_id(source) if isinstance(source, str) else None
 
 
-_UNSEEN = object()
-_HOOK_ID_CACHE = 256
-_hook_ids: dict[str, str | None] = {}
+@functools.lru_cache(maxsize=256)  # a hook's deliveries all name the same source
+def _hook_id(source: str) -> str | None:
+    match = _HOOK_ID.search(source)
+    return match.group(1) if match else None
 
 
 def _optional_str(value: Any) -> str | None:

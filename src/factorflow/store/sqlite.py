@@ -130,11 +130,12 @@ class SqliteEventStore(SqlEventStore):
         for uuid, r, e in again:
             cur.execute(_SELECT_COPY, (uuid,))
             taken[r, e] = tuple(cur.fetchone())
+        with_copies = {r for _, r, _ in again}
         outcomes: list[DeliveryOutcome] = []
         ledger: list[Any] = []
         for r, receipt in enumerate(receipts):
             delivery = receipt.delivery
-            if delivery.quarantined or (taken and _has_copy(taken, r, len(delivery.events))):
+            if delivery.quarantined or r in with_copies:
                 outcome = self._record_one(cur, receipt, r, taken)
             else:
                 count = len(delivery.events)
@@ -156,10 +157,6 @@ class SqliteEventStore(SqlEventStore):
             cur.execute(_select_stored(len(chunk)), chunk)
             found.update(uuid for (uuid,) in cur.fetchall())
         return found
-
-
-def _has_copy(taken: dict[tuple[int, int], Any], receipt: int, events: int) -> bool:
-    return any((receipt, e) in taken for e in range(events))
 
 
 def _insert_flat(cur: Any, insert: str, group: str, width: int, params: list[Any]) -> None:
