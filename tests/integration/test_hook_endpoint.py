@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import sqlite3
 import uuid as uuidlib
@@ -371,6 +372,31 @@ def test_json_content_types_with_parameters_are_accepted(
                            headers={"Authorization": SECRET, "Content-Type": content_type})
     assert response.status_code == 204
     assert store_of(client).get_event("typed-ok") is not None
+
+
+@pytest.mark.parametrize(("encoding", "shown"), [("gzip", "gzip"), (" Deflate ", "deflate"),
+                                                 ("gzip, br", "gzip, br")])
+def test_a_compressed_delivery_is_a_415_that_names_the_coding(
+    client: TestClient, baseline: dict[str, Any], encoding: str, shown: str
+) -> None:
+    body = gzip.compress(delivery([okta_event("squeezed")]))
+    response = client.post(HOOK, content=body, headers={
+        "Authorization": SECRET, "Content-Type": "application/json", "Content-Encoding": encoding,
+    })
+    assert_error(response, 415, "unsupported_encoding",
+                 f"Content-Encoding {shown} is not supported: send the JSON uncompressed")
+    assert snapshot(store_of(client)) == baseline
+    assert metric(client, "factorflow_requests_rejected_total",
+                  reason="unsupported_encoding") == 1.0
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY", ""])
+def test_an_identity_content_coding_is_accepted(client: TestClient, encoding: str) -> None:
+    response = client.post(HOOK, content=delivery([okta_event("plain")]), headers={
+        "Authorization": SECRET, "Content-Type": "application/json", "Content-Encoding": encoding,
+    })
+    assert response.status_code == 204
+    assert store_of(client).get_event("plain") is not None
 
 
 @pytest.fixture

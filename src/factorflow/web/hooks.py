@@ -1,8 +1,9 @@
 """The Okta Event Hook endpoint, written against raw ASGI: it is the hot path.
 
-Order of checks: method, credential (401 before anything is read), content type (415), size
-(413), envelope (400). Then the events are committed durably through the group committer and
-only then acknowledged with 204; if the commit failed we answer 503 so Okta retries once.
+Order of checks: method, credential (401 before anything is read), content type and content
+coding (415), size (413), envelope (400). Then the events are committed durably through the
+group committer and only then acknowledged with 204; if the commit failed we answer 503 so Okta
+retries once.
 No outbound call is made while Okta waits.
 """
 
@@ -122,6 +123,9 @@ class HookEndpoint:
         self, headers: dict[bytes, bytes], receive: Receive, send: Send, started: float
     ) -> None:
         _check_content_type(headers.get(b"content-type"))
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None:
+            _check_content_encoding(encoding)
         task = asyncio.current_task()
         assert task is not None
         _SLOW_BODIES.watch(task)
@@ -254,6 +258,18 @@ def _check_content_type(value: bytes | None) -> None:
         raise RejectedDelivery(
             415, "unsupported_media_type",
             f"Content-Type must be application/json (got {shown})",
+        )
+
+
+def _check_content_encoding(value: bytes) -> None:
+    # Okta sends its JSON uncompressed; a compressed body would otherwise be refused as
+    # "not valid JSON", which says nothing about the cause.
+    coding = value.strip().lower()
+    if coding not in (b"", b"identity"):
+        shown = coding.decode("latin-1")[:60]
+        raise RejectedDelivery(
+            415, "unsupported_encoding",
+            f"Content-Encoding {shown} is not supported: send the JSON uncompressed",
         )
 
 

@@ -51,7 +51,7 @@ def _hook_operations(org: str) -> dict[str, Any]:
                 "401": _error("missing or wrong credential"),
                 "408": _error("the body did not arrive in time"),
                 "413": _error("body over the configured limit"),
-                "415": _error("content type is not application/json"),
+                "415": _error("content type is not application/json, or the body is compressed"),
                 "503": _error("the store could not commit; retry"),
             },
         },
