@@ -14,7 +14,7 @@ uses: the *ceiling* (bench/bare_app.py, drains the body and answers 204) and the
 It prints a table with the ratios and PASS/MISS against the targets and writes
 bench/results/receiver-<timestamp>.json. ``--quick`` is a smoke run of a few seconds.
 
-    python bench/receiver.py            # about two and a half minutes
+    python bench/receiver.py            # about five and a half minutes
     python bench/receiver.py --quick
 """
 
@@ -858,6 +858,9 @@ def render(summary: dict[str, Any], plan: Plan, meta: dict[str, Any]) -> str:
         f"load run stopped): {'OK' if check['ok'] else 'FAILED'}",
         f"load average before/after: {meta['loadavg_before']} / {meta['loadavg_after']} "
         "(a shared machine makes every figure noisy)",
+        "CPU probe, us of CPU per iteration (lower is faster), before: "
+        f"{_probe_text(meta.get('core_probe_before'))}; after: "
+        f"{_probe_text(meta.get('core_probe_after'))}",
     ]
     return "\n".join(lines)
 
@@ -899,6 +902,52 @@ def _meta(store_url: str) -> dict[str, Any]:
         "factorflow": package_version("factorflow"), "loop": loop, "http": http,
         "store": store_url.split(":", 1)[0],
     }
+
+
+# A fixed piece of Python work (parse and write the 1-event delivery) run on one CPU at a time.
+_CORE_PROBE = """
+import os, sys, time, orjson
+os.sched_setaffinity(0, {int(sys.argv[1])})
+body = sys.stdin.buffer.read()
+seconds = float(sys.argv[2])
+rounds = 0
+cpu, wall = time.process_time(), time.perf_counter()
+while time.perf_counter() - wall < seconds:
+    for _ in range(100):
+        orjson.dumps(orjson.loads(body))
+    rounds += 100
+print(orjson.dumps({"cpu_us": (time.process_time() - cpu) / rounds * 1e6,
+                    "wall_us": (time.perf_counter() - wall) / rounds * 1e6}).decode())
+"""
+
+
+def core_probe(body: bytes, seconds: float = 0.5) -> dict[str, dict[str, float]] | None:
+    """How long the same piece of work takes on each CPU, one CPU at a time (microseconds
+    of CPU and of wall-clock time per iteration), before and after the runs. On a virtual
+    machine this changes within minutes (by half between a quick run's start and end), and the
+    CPUs need not be alike: on a 2-CPU machine one took up to half as long again as the other,
+    and which one was slower changed; a single-process ceiling that lands on the faster one is
+    flattered, while the receiver's two processes use both. None where CPU affinity is not
+    available (not Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    speeds: dict[str, dict[str, float]] = {}
+    for cpu in sorted(os.sched_getaffinity(0)):
+        done = subprocess.run(
+            [sys.executable, "-c", _CORE_PROBE, str(cpu), str(seconds)],
+            input=body, capture_output=True, timeout=60,
+        )
+        if done.returncode != 0:
+            return None
+        figures = json.loads(done.stdout)
+        speeds[f"cpu{cpu}"] = {k: round(v, 2) for k, v in figures.items()}
+    return speeds
+
+
+def _probe_text(speeds: dict[str, dict[str, float]] | None) -> str:
+    if not speeds:
+        return "not measured"
+    return ", ".join(f"{cpu} {v['cpu_us']:.1f}" for cpu, v in speeds.items())
 
 
 def _wrk_version(wrk: str | None) -> str | None:
@@ -947,6 +996,7 @@ def main(argv: list[str] | None = None) -> int:
               "which may saturate before the ceiling does.", flush=True)
     started = datetime.now(UTC)
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
+    probe_before = core_probe(delivery_template(1))
 
     with tempfile.TemporaryDirectory(prefix="factorflow-bench-") as tmp:
         workdir = Path(tmp)
@@ -984,6 +1034,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": loadavg_before,
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "wrk": _wrk_version(wrk),
+        "core_probe_before": probe_before,
+        "core_probe_after": core_probe(delivery_template(1)),
     })
     summary = summarise(runs, check.checks)
     summary["store_check"]["final_counts"] = final_counts
