@@ -198,6 +198,12 @@ class Server:
         ticks = _tree_cpu_ticks(self.proc.pid)
         return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
 
+    def memory_kib(self) -> dict[str, int] | None:
+        """Resident memory of the server and its commit process (Linux only, else None)."""
+        if self.proc is None or not Path("/proc").is_dir():
+            return None
+        return _tree_memory_kib(self.proc.pid)
+
     def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 20.0) -> None:
         """``sig``, then SIGKILL if the process has not ended after ``timeout`` seconds."""
         if self.proc is None or self.proc.poll() is not None:
@@ -224,27 +230,50 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def _tree_cpu_ticks(pid: int) -> int | None:
-    """CPU ticks of ``pid`` and its descendants: their own time plus that of their children
-    that have ended (cutime, cstime)."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (the receiver's commit process)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             child = _stat_fields(int(entry))
             if child is not None:
                 parents.setdefault(int(child[1]), []).append(int(entry))
-    total = 0
+    found: list[int] = []
     todo = [pid]
     while todo:
         current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def _tree_cpu_ticks(pid: int) -> int | None:
+    """CPU ticks of ``pid`` and its descendants: their own time plus that of their children
+    that have ended (cutime, cstime)."""
+    if _stat_fields(pid) is None:
+        return None
+    total = 0
+    for current in _tree_pids(pid):
         stat = _stat_fields(current)
         if stat is not None:
             total += sum(int(value) for value in stat[11:15])
-        todo.extend(parents.get(current, []))
     return total
+
+
+def _tree_memory_kib(pid: int) -> dict[str, int] | None:
+    """Resident memory of ``pid`` and its descendants, summed: now (VmRSS) and each process's
+    peak so far (VmHWM; their sum bounds the peak of the whole from above)."""
+    totals = {"rss_kib": 0, "peak_kib": 0}
+    for current in _tree_pids(pid):
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                totals["rss_kib" if key == "VmRSS" else "peak_kib"] += int(value.split()[0])
+    return totals if totals["rss_kib"] else None
 
 
 def clean_env() -> dict[str, str]:
@@ -657,6 +686,9 @@ def closed_loop(plan: Plan, server: Server, events: int, seconds: int, phase: st
             (cpu_after - cpu_before) * 1000.0 / run.sent, 4
         )
         run.extra["server_cpu_share"] = round((cpu_after - cpu_before) / run.duration_s, 3)
+    memory = server.memory_kib()
+    if memory is not None:
+        run.extra["server_memory_kib"] = memory
     return run
 
 
@@ -696,6 +728,9 @@ def measure(plan: Plan, ceiling: Server, receiver: Server, check: StoreCheck,
         ))
         if before is not None:
             check.record(before, check.settled_counts(), run)
+        memory = server.memory_kib()
+        if memory is not None:
+            run.extra["server_memory_kib"] = memory
         _check_errors(run)
         runs.append(run)
         progress(
@@ -776,12 +811,39 @@ def summarise(runs: list[LoadResult], checks: list[dict[str, Any]]) -> dict[str,
         "value_ms": p99, "achieved_per_s": fixed.get("achieved_per_s"),
         "pass": p99 <= P99_TARGET_MS and kept_up,
     }
+    summary["memory"] = memory_summary(runs)
     summary["store_check"] = {
         "stored_events": sum(c["stored_events"] for c in checks),
         "acknowledged_events": sum(c["acknowledged_events"] for c in checks),
         "sent_events": sum(c["sent_events"] for c in checks),
         "ok": all(c["ok"] for c in checks),
     }
+    return summary
+
+
+def memory_summary(runs: list[LoadResult]) -> dict[str, Any]:
+    """Resident memory of each server (with the receiver's commit process) after its first
+    measured run and at the end, its peak, and the receiver's peak against the ceiling's."""
+    summary: dict[str, Any] = {}
+    for name in ("ceiling", "receiver"):
+        seen = [(r, r.extra["server_memory_kib"]) for r in runs
+                if r.server == name and "server_memory_kib" in r.extra]
+        measured = [(r, m) for r, m in seen if r.phase == "measure"]
+        if not measured:
+            return {}
+        first_run, first = measured[0]
+        after_first = runs.index(first_run)
+        served = sum(r.sent for r in runs[after_first + 1:] if r.server == name)
+        last = seen[-1][1]
+        summary[name] = {
+            "after_first_run_mib": round(first["rss_kib"] / 1024, 1),
+            "at_end_mib": round(last["rss_kib"] / 1024, 1),
+            "peak_mib": round(max(m["peak_kib"] for _, m in seen) / 1024, 1),
+            "deliveries_after_first_run": served,
+        }
+    summary["peak_ratio"] = round(
+        summary["receiver"]["peak_mib"] / summary["ceiling"]["peak_mib"], 2
+    )
     return summary
 
 
@@ -849,6 +911,21 @@ def render(summary: dict[str, Any], plan: Plan, meta: dict[str, Any]) -> str:
         f"receiver p99 <= {P99_TARGET_MS:.0f} ms at {FIXED_RATE:,.0f}/s: "
         f"{'PASS' if target['pass'] else 'MISS'}"
     )
+    memory = summary.get("memory")
+    if memory:
+        ceiling, receiver = memory["ceiling"], memory["receiver"]
+        lines += [
+            "",
+            "memory, MiB resident (the receiver with its commit process; peak: the sum of each "
+            "process's peak):",
+            f"{'':<12}{'peak':>8}{'after 1st run':>15}{'at the end':>12}",
+            f"{'ceiling':<12}{ceiling['peak_mib']:>8.1f}{ceiling['after_first_run_mib']:>15.1f}"
+            f"{ceiling['at_end_mib']:>12.1f}",
+            f"{'receiver':<12}{receiver['peak_mib']:>8.1f}"
+            f"{receiver['after_first_run_mib']:>15.1f}{receiver['at_end_mib']:>12.1f}"
+            f"   ({receiver['deliveries_after_first_run']:,} deliveries between the two)",
+            f"receiver / ceiling peak: {memory['peak_ratio']:.2f}x",
+        ]
     check = summary["store_check"]
     lines += [
         "",
