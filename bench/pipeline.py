@@ -13,15 +13,20 @@ process-wide singleton, so every measured run is a process of its own):
   ``act_in_order``: the actions' first attempts). Not part of the target: it separates what
   DBOS costs for that many steps from factorflow's own work.
 * ``factorflow``: N distinct ``user.mfa.factor.activate`` events (one user each) are stored
-  before the clock starts; a rules file with one rule matching every enrollment asks for three
+  before the clock starts, by a process of its own (as the receiver stores them in production,
+  and so that the measured process's memory does not start with what storing them left
+  behind); a rules file with one rule matching every enrollment asks for three
   actions: ``audit``, ``checkpoint`` and ``webhook`` (to a local HTTP server answering 204, run
   by this parent process so that it does not share the child's interpreter). The workflow
   engine is built by ``build_engine`` and started; the clock runs from the relay's first
   hand-off until DBOS reports every event's workflow done.
 
 Each reports events (workflows) per second and the CPU time of its process per event; the table
-gives factorflow / baseline against the target (>= 50 %). After every factorflow run the store and
-the fake are checked: each event processed exactly once (decided once, one audit row, one
+gives factorflow / baseline against the target (>= 50 %). Each also reports its process's
+resident memory (Linux only): VmRSS when the clock starts and when it stops, the peak (VmHWM,
+reset when the clock starts) in between and the stop/start ratio; a second table gives them,
+with each kind's peak against the baseline's. After every factorflow run the store and the fake
+are checked: each event processed exactly once (decided once, one audit row, one
 checkpoint per user, one webhook request per idempotency key, no dead letters, audit chain
 intact); a failed check aborts the run.
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -47,7 +53,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from procmem import NOT_MEASURED, MemoryWatch
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -215,14 +224,17 @@ class CompletionWatch:
         ).fetchall()
         return {str(status): int(count) for status, count in rows}
 
-    def wait(self, workflow: str, n: int, deadline: float) -> tuple[float, dict[str, int]]:
+    def wait(self, workflow: str, n: int, deadline: float,
+             on_poll: Callable[[int], None] | None = None) -> tuple[float, dict[str, int]]:
         """Poll until n workflows named ``workflow`` succeeded; (the moment that was seen,
-        counts)."""
+        counts). ``on_poll`` is given the number done so far at each poll."""
         while True:
             counts = self.counts(workflow)
             now = time.perf_counter()
             if counts.get("SUCCESS", 0) >= n:
                 return now, counts
+            if on_poll is not None:
+                on_poll(counts.get("SUCCESS", 0))
             failed = {k: v for k, v in counts.items() if k not in ("SUCCESS", "ENQUEUED",
                                                                       "PENDING")}
             if failed:
@@ -314,14 +326,17 @@ def child_noop(args: argparse.Namespace) -> dict[str, Any]:
                         polling_interval_sec=args.polling)
     wait_for_queue_thread(NOOP_QUEUE)
     watch = CompletionWatch(args.system_url)
+    memory = MemoryWatch()
     try:
+        memory.start()
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
         for i in range(args.events):
             with SetWorkflowID(f"bench-{i:06d}"):
                 DBOS.enqueue_workflow(NOOP_QUEUE, noop, i, steps)
         enqueued = time.perf_counter()
-        t1, counts = watch.wait(NOOP_WORKFLOW, args.events, t0 + args.timeout)
+        t1, counts = watch.wait(NOOP_WORKFLOW, args.events, t0 + args.timeout, memory.sample)
         cpu1 = _cpu_seconds()
+        memory_figures = memory.stop(args.events)
         timings = watch.step_times(NOOP_WORKFLOW)
         handle: Any = DBOS.retrieve_workflow("bench-000001")
         if handle.get_result() != 1 + steps:
@@ -332,7 +347,7 @@ def child_noop(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kind": args.child, "step_count": steps, "events": args.events, "seconds": t1 - t0,
         "enqueue_seconds": enqueued - t0, "cpu_seconds": cpu1 - cpu0,
-        "status_counts": counts, **timings,
+        "memory": memory_figures, "status_counts": counts, **timings,
     }
 
 
@@ -371,6 +386,24 @@ def store_events(store: Any, n: int) -> list[str]:
         if sum(o.new for o in outcomes) != len(outcomes):
             raise BenchError("the events were not all stored as new")
     return [r.delivery.events[0].uuid for r in receipts]
+
+
+def store_events_apart(store_url: str, n: int) -> list[str]:
+    """``store_events`` in a process of its own (spawned), as the receiver stores events in
+    production: the measured process does not start with the memory that parsing and storing
+    the N events left behind, which would grow its baseline with N."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_store_events_at, store_url, n).result()
+
+
+def _store_events_at(store_url: str, n: int) -> list[str]:
+    from factorflow.store.factory import open_store
+
+    store = open_store(store_url)
+    try:
+        return store_events(store, n)
+    finally:
+        store.close()
 
 
 def rules_file(path: Path, webhook_url: str) -> Path:
@@ -414,21 +447,24 @@ def child_factorflow(args: argparse.Namespace) -> dict[str, Any]:
         log={"level": "WARNING"},
     )
     configure_logging(settings.log.format, settings.log.level)  # as `factorflow worker` does
+    uuids = store_events_apart(settings.store_url(), args.events)
     store = open_store(settings.store_url())
-    uuids = store_events(store, args.events)
     engine = build_engine(settings, store)
     engine.start(relay=False)
     wait_for_queue_thread(ORG_QUEUE)  # the queue the relay hands events to
     watch = CompletionWatch(args.system_url)
     sampler = start_profiler(args.profile_to)
+    memory = MemoryWatch()  # this process only: not py-spy's, not the PostgreSQL server's
     try:
+        memory.start()
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
         # What the relay thread does, on this thread: hand every stored event to DBOS.
         while engine.relay_once():
             pass
         relayed = time.perf_counter()
-        t1, counts = watch.wait(EVENT_WORKFLOW, args.events, t0 + args.timeout)
+        t1, counts = watch.wait(EVENT_WORKFLOW, args.events, t0 + args.timeout, memory.sample)
         cpu1 = _cpu_seconds()
+        memory_figures = memory.stop(args.events)
         timings = watch.step_times(EVENT_WORKFLOW)
     finally:
         stop_profiler(sampler)
@@ -439,7 +475,7 @@ def child_factorflow(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kind": "factorflow", "events": args.events, "seconds": t1 - t0,
         "enqueue_seconds": relayed - t0, "cpu_seconds": cpu1 - cpu0,
-        "status_counts": counts, "store_check": checks, **timings,
+        "memory": memory_figures, "status_counts": counts, "store_check": checks, **timings,
     }
 
 
@@ -674,6 +710,7 @@ def summarise(runs: list[dict[str, Any]], backends: list[str],
                     "workflow_span_p50_ms": statistics.median(
                         r["workflow_span_ms"].get("p50", 0.0) for r in mine),
                     "step_p50_ms": _step_medians(mine),
+                    "memory": _memory_medians(mine),
                 }
             ours, baseline = row["factorflow"], row["baseline"]
             ratio = ours["events_per_s"] / baseline["events_per_s"]
@@ -681,12 +718,30 @@ def summarise(runs: list[dict[str, Any]], backends: list[str],
             row["ratio_to_two_step"] = round(ours["events_per_s"]
                                              / row["two-step"]["events_per_s"], 4)
             row["cpu_ratio"] = round(baseline["cpu_ms_per_event"] / ours["cpu_ms_per_event"], 4)
+            row["memory_peak_ratio"] = (
+                round(ours["memory"]["peak_mib"] / baseline["memory"]["peak_mib"], 3)
+                if ours["memory"] and baseline["memory"] else None)
             # The baseline near the queue's ceiling: the figures measure the polling, not work.
             row["queue_bound"] = baseline["events_per_s"] >= 0.8 * queue.ceiling
             row["target"] = {"target": f">= {RATIO_TARGET:.0%} of the baseline's events/s",
                              "value": round(ratio, 4), "pass": ratio >= RATIO_TARGET}
             rows.append(row)
     return rows
+
+
+def _memory_medians(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The median over the runs of each memory figure; None if a run has none."""
+    if not runs or any(r.get("memory") is None for r in runs):
+        return None
+    memory = [r["memory"] for r in runs]
+    figures: dict[str, Any] = {
+        key: round(statistics.median(m[key] for m in memory), 3)
+        for key in ("rss_before_mib", "rss_after_mib", "peak_mib", "growth_mib", "ratio")
+    }
+    figures["events"] = memory[0]["work"]
+    figures["peak_since"] = ("baseline" if all(m["peak_since"] == "baseline" for m in memory)
+                             else "process start")
+    return figures
 
 
 def _step_medians(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -738,6 +793,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             for step in row["factorflow"]["step_p50_ms"]
         )
         lines.append(f"{'':<10}factorflow step p50 ms: {steps}")
+    lines += render_memory(rows, meta)
     lines += [
         "",
         "exactly-once check after every factorflow run: each event decided once, one audit "
@@ -746,6 +802,41 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "(a shared machine makes every figure noisy)",
     ]
     return "\n".join(lines)
+
+
+def render_memory(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Resident memory of each kind's process: at the clock's start (the baseline), at its stop,
+    the peak in between, and each kind's peak against the baseline kind's."""
+    if not any(row["factorflow"]["memory"] for row in rows):
+        return ["", f"memory: {NOT_MEASURED}"]
+    since = {row[kind]["memory"]["peak_since"] for row in rows for kind in KINDS
+             if row[kind]["memory"]}
+    lines = [
+        "",
+        f"memory of the measured process, MiB resident: when the clock starts -> when it stops "
+        f"({meta['events']} events later), the peak in between"
+        + ("" if since == {"baseline"} else " (or since the process started)")
+        + f", median of {meta['repeats']}",
+        f"{'backend':<10}{'queue':<9}{'kind':<12}{'start':>8}{'stop':>8}{'peak':>8}"
+        f"{'stop/start':>12}{'peak/baseline':>15}",
+    ]
+    for row in rows:
+        first = True
+        for kind in KINDS:
+            memory = row[kind]["memory"]
+            head = f"{row['backend']:<10}{row['queue']:<9}" if first else " " * 19
+            first = False
+            if memory is None:
+                lines.append(f"{head}{kind:<12}not measured")
+                continue
+            ratio = memory["peak_mib"] / row["baseline"]["memory"]["peak_mib"] \
+                if row["baseline"]["memory"] else None
+            lines.append(
+                f"{head}{kind:<12}{memory['rss_before_mib']:>8.1f}{memory['rss_after_mib']:>8.1f}"
+                f"{memory['peak_mib']:>8.1f}{memory['ratio']:>11.2f}x"
+                + (f"{ratio:>14.2f}x" if ratio is not None else "")
+            )
+    return lines
 
 
 def _meta(profile: Profile) -> dict[str, Any]:
@@ -836,9 +927,14 @@ def main(argv: list[str] | None = None) -> int:
                             run = measure(Slot(kind, backend, queue, repeat), args, profile,
                                           webhook, Path(tmp))
                             runs.append(run)
+                            memory = run.get("memory")
                             print(f"  #{repeat + 1} {kind:<10} {run['events_per_s']:>8.1f} "
                                   f"events/s  ({run['seconds']:.2f} s, CPU "
-                                  f"{run['cpu_ms_per_event']:.2f} ms/event)", flush=True)
+                                  f"{run['cpu_ms_per_event']:.2f} ms/event"
+                                  + (f", RSS {memory['rss_before_mib']:.1f} -> "
+                                     f"{memory['rss_after_mib']:.1f} MiB, peak "
+                                     f"{memory['peak_mib']:.1f}" if memory else "")
+                                  + ")", flush=True)
     except (BenchError, subprocess.TimeoutExpired) as exc:
         print(f"ABORTED: {exc}", file=sys.stderr)
         return 2
