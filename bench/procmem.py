@@ -6,8 +6,8 @@ peak can be taken over the measured part alone; where the kernel refuses, the pe
 since the process started, and the figures say so. Without ``/proc`` nothing is measured: the
 readings are ``None`` and the benchmarks print "not measured".
 
-Used by bench/okta.py and bench/pipeline.py (bench/receiver.py keeps its own readings, which
-sum a process and its descendants).
+Used by bench/okta.py and bench/pipeline.py, and by bench/receiver.py, which sums the readings
+of a server and its commit process.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ import orjson
 
 from factorflow.store.factory import open_store
 from factorflow.store.sql import SqlEventStore
+from procmem import read_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -263,17 +264,10 @@ def _tree_cpu_ticks(pid: int) -> int | None:
 def _tree_memory_kib(pid: int) -> dict[str, int] | None:
     """Resident memory of ``pid`` and its descendants, summed: now (VmRSS) and each process's
     peak so far (VmHWM; their sum bounds the peak of the whole from above)."""
-    totals = {"rss_kib": 0, "peak_kib": 0}
-    for current in _tree_pids(pid):
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                totals["rss_kib" if key == "VmRSS" else "peak_kib"] += int(value.split()[0])
-    return totals if totals["rss_kib"] else None
+    readings = [r for r in map(read_kib, _tree_pids(pid)) if r is not None]
+    if not readings:
+        return None
+    return {key: sum(r[key] for r in readings) for key in ("rss_kib", "peak_kib")}
 
 
 def clean_env() -> dict[str, str]:

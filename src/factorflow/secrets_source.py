@@ -73,29 +73,28 @@ def read_secret(value: SecretStr | None, path: Path | None, key: str) -> str | N
 
 
 def _generated_secret(path: Path) -> str:
-    if path.exists():
-        value = path.read_text(encoding="utf-8").strip()
-    else:
-        value, created = keep_generated(path, secrets.token_urlsafe(32))
-        if created:
-            log.warning(
-                "hook.secret_generated",
-                extra={"fields": {"path": str(path), "hint": "configure this value in Okta"}},
-            )
+    value, created = keep_generated(path, secrets.token_urlsafe(32))
+    if created:
+        log.warning(
+            "hook.secret_generated",
+            extra={"fields": {"path": str(path), "hint": "configure this value in Okta"}},
+        )
     if not value:  # an empty secret would accept an empty credential
         raise ConfigError(f"{path} is empty: delete it to generate a new hook secret")
     return value
 
 
 def keep_generated(path: Path, value: str) -> tuple[str, bool]:
-    """The secret kept in ``path`` (owner-only): ``value`` if this call created the file
-    (True), else what another process kept there first (False).
+    """The secret kept in ``path`` (owner-only), and whether this call created the file with
+    ``value``: if the file exists, or another process creates it first, what it holds.
 
     The file appears whole: the value is written to a private file next to it and linked into
     place, which fails if ``path`` exists. Creating ``path`` itself and then writing it let a
     process starting at the same moment (two receivers on one data directory) read it empty,
     and take an empty secret.
     """
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip(), False
     path.parent.mkdir(parents=True, exist_ok=True)
     draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -92,14 +92,11 @@ def _loopback_http(url: str) -> bool:
 def _generated(path: Path, key: str, generate: bool) -> str:
     if not path.exists() and not generate:
         return secrets.token_urlsafe(24)
-    if path.exists():
-        text = path.read_text(encoding="utf-8").strip()
-    else:
-        text, created = keep_generated(path, secrets.token_urlsafe(24))
-        if created:
-            log.warning("ui.secret_generated", extra={"fields": {
-                "setting": key, "path": str(path), "hint": "readable by its owner only",
-            }})
+    text, created = keep_generated(path, secrets.token_urlsafe(24))
+    if created:
+        log.warning("ui.secret_generated", extra={"fields": {
+            "setting": key, "path": str(path), "hint": "readable by its owner only",
+        }})
     if not text:
         raise ConfigError(f"{path} is empty: delete it to generate a new {key}")
     return text
