@@ -39,12 +39,14 @@ from tests.acceptance.fleet import (
     fresh_pg_database,
     wait_until,
 )
+from tests.acceptance.serverproc import WorkerProcess
 from tests.acceptance.webhook_peer import WebhookPeer
 
 pytestmark = pytest.mark.slow
 
 STREAM_EVENTS = 200
 EXTRA_EVENTS = 12
+RUN_DRY_SECONDS = 20.0  # a worker idle this long while the stream lasts has run dry
 STORE_UNAVAILABLE = {"error": "store_unavailable",
                      "message": "events could not be stored; retry later"}
 
@@ -126,6 +128,22 @@ def test_kill9_of_receivers_and_workers_mid_stream_acts_once(
         for more in deliveries_of(fresh, rng, max_batch=4):
             sender.add(more)
 
+    def running(worker: WorkerProcess) -> list[str]:
+        """The workflows ``worker`` is running, waited for. The stream can run dry before a
+        late incident (the other worker took what was left): then a few more events are sent
+        every RUN_DRY_SECONDS until this worker runs one."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                return wait_until(lambda: fleet.in_flight(worker),
+                                  f"{worker.executor_id} to be running a workflow",
+                                  timeout=RUN_DRY_SECONDS)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{worker.executor_id} ran no workflow\n{fleet.logs()}") from None
+                more_work()
+
     incidents = [("receiver", 0), ("receiver", 1), ("worker", 0), ("worker", 1)]
     rng.shuffle(incidents)
     marks = sorted(rng.sample(range(STREAM_EVENTS // 10, STREAM_EVENTS * 7 // 10),
@@ -148,9 +166,7 @@ def test_kill9_of_receivers_and_workers_mid_stream_acts_once(
             for attempt in range(5):
                 if attempt:
                     more_work()
-                wait_until(lambda worker=worker: fleet.in_flight(worker),
-                           f"{worker.executor_id} to be running a workflow",
-                           on_timeout=fleet.logs)
+                running(worker)
                 assert worker.kill9() == -9
                 worker_kills += 1
                 caught = fleet.in_flight(worker)
