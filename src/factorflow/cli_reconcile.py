@@ -132,6 +132,11 @@ def _report(store: Any, orgs: list[str], hours: float, as_json: bool) -> None:
         )
         click.echo(f"  hook delay: {delays}  max {_seconds(gap.max_delay)} "
                    f"({gap.delays} events)")
+        if gap.early_events:
+            click.echo(f"  clock: behind Okta's by at least {_seconds(gap.clock_behind_seconds)}"
+                       f" ({gap.early_events} event(s) stored a second or more before Okta "
+                       "published them); delays and audit times are off by as much: keep the "
+                       "receiving host's clock in step (NTP)")
         click.echo(f"  failed hook deliveries (event_hook.delivery): {gap.delivery_failures}")
         click.echo(f"  reconciler: newest event read {gap.cursor_published or '-'}  "
                    f"last poll {gap.polled_at or '-'}  lag {_seconds(gap.lag_seconds)}"

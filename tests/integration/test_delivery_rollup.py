@@ -33,6 +33,7 @@ from factorflow.store.delivery_rollup import (
     Coverage,
     Segment,
     Tally,
+    bucket_bounds,
     bucket_of,
     coverage,
     floor_hour,
@@ -81,9 +82,10 @@ def history(store: SqlEventStore) -> History:
     start = now - timedelta(days=10)
     for n in range(160):
         received = start + timedelta(seconds=rng.uniform(0, 10 * 86_400 - 600))
-        # Some delays repeat exactly, some share a bucket, a few are late or negative.
+        # Some delays repeat exactly, some share a bucket, a few are late or negative: within
+        # a second (clocks a little apart) or a second and more early (a clock behind Okta's).
         delay = rng.choice([0.25, 1.5, 2.0, 2.0, 2.05, 3.0, 7.5, rng.uniform(0.1, 40),
-                            rng.uniform(60, 4000), -0.4])
+                            rng.uniform(60, 4000), -0.4, -1.0, -75.0, rng.uniform(-30, -1)])
         published = received - timedelta(seconds=delay)
         org = rng.choice(["default", "default", "emea"])
         event = enrollment(n % 9, published=published)
@@ -111,6 +113,10 @@ def gaps(store: SqlEventStore, now: datetime, *, rolled: bool, days: float = 30,
     found = delivery_gap(store, since=since or now - timedelta(days=days), until=until or now,
                          orgs=["default", "emea"], now=now, rolled=rolled)
     return {gap.org: gap.to_dict() for gap in found}
+
+
+def tally_of(store: SqlEventStore, now: datetime, org: str, days: float = 30) -> Tally:
+    return delivery_rollup.tallies(store, now - timedelta(days=days), now)[org]
 
 
 def nearest_rank(values: list[float], p: int) -> float:
@@ -159,11 +165,22 @@ def test_rolled_up_figures_equal_the_figures_of_every_event(
         delays = history.delays[org] + extra
         assert figures[org]["delays"] == len(delays)
         assert figures[org]["max_delay_seconds"] == max(delays)
-        for p in PERCENTILES:
+        for p in (1, 5, *PERCENTILES):  # p1 and p5 fall among the early ones
             exact = nearest_rank(delays, p)
-            shown = figures[org]["delay_seconds"][f"p{p}"]
-            assert exact <= shown <= (exact * WIDTH if exact > 0 else 0.001), (org, p)
+            shown = tally_of(store, now, org).percentile(p)
+            if p in PERCENTILES:
+                assert figures[org]["delay_seconds"][f"p{p}"] == shown
+            assert shown is not None
+            # at most a bucket above: a bucket nearer zero for early delays
+            bound = exact * WIDTH if exact > 0.001 else exact / WIDTH if exact < -0.001 else 0.001
+            assert exact <= shown <= bound, (org, p)
             assert shown in delays  # always a delay that was measured
+        # Early: stored a second or more before Okta published them (-1.0 s exactly counts).
+        early = [d for d in delays if d <= -1.0]
+        assert figures[org]["early_events"] == len(early) > 0, org
+        behind = figures[org]["clock_behind_seconds"]
+        assert -min(delays) / WIDTH <= behind <= -min(delays), org
+        assert -behind in delays
 
 
 def test_a_roll_up_that_was_days_behind_catches_up(
@@ -314,7 +331,31 @@ def test_percentiles_by_bucket() -> None:
     assert bucket_of(2.0) == bucket_of(2.01) != bucket_of(2.1)
     assert tally.percentile(50) == 2.01 and tally.delays == 5 and tally.max_delay == 4.0
     assert Tally().percentile(50) is None and Tally().max_delay is None
-    assert bucket_of(-3.0) == bucket_of(0.0) == bucket_of(0.0009) < bucket_of(0.002)
+    assert bucket_of(-0.0009) == bucket_of(0.0) == bucket_of(0.0009) < bucket_of(0.002)
+    # Negative delays (received before published) have buckets of their own, mirrored below
+    # the lowest: the earlier, the lower.
+    assert bucket_of(-75.0) < bucket_of(-3.0) < bucket_of(-1.0) < bucket_of(-0.9) \
+        < bucket_of(-0.002) < bucket_of(0.0)
+    assert bucket_of(-2.0) == bucket_of(-2.01) != bucket_of(-2.1)
+    for delay in (-75.0, -3.0, -2.0, -1.0, -0.9, -0.002, 0.0, 0.002, 1.0, 2.0, 75.0):
+        low, high = bucket_bounds(bucket_of(delay))
+        assert low <= delay <= high and low < high, delay
+
+
+def test_early_delays_are_counted_and_bound_the_clock() -> None:
+    tally = Tally()
+    for delay in (5.0, 2.0, 0.3, -0.5, -0.999):  # none a second early
+        tally.add_delay(delay)
+    assert tally.early() == (0, None)
+    for delay in (-1.0, -3.0, -62.0, -63.0):
+        tally.add_delay(delay)
+    count, behind = tally.early()
+    assert count == 4
+    assert behind is not None and 62.0 / WIDTH <= behind <= 63.0  # within a bucket, never over
+    assert tally.percentile(1) == -62.0  # the earliest bucket answers with its largest
+    # ranks: -63 -62 -3 -1 -0.999 -0.5 0.3 2 5
+    assert tally.percentile(50) == -0.999 and tally.percentile(60) == -0.5
+    assert tally.percentile(90) == tally.max_delay == 5.0
     # Each bucket is one sixteenth of a doubling wide.
     assert bucket_of(1.0) == 0 and bucket_of(2.0) == BUCKETS_PER_DOUBLING
     assert bucket_of(WIDTH * 1.0001) == 1
@@ -348,3 +389,4 @@ def test_plan_reads_whole_days_whole_hours_and_the_rest_from_events() -> None:
 def test_org_gap_keeps_its_shape() -> None:
     gap = OrgGap("x")
     assert gap.to_dict()["delay_seconds"] == {} and gap.hook_share is None
+    assert (gap.to_dict()["early_events"], gap.to_dict()["clock_behind_seconds"]) == (0, None)

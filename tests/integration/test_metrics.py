@@ -93,6 +93,8 @@ TESTED: dict[str, tuple[str, ...]] = {
     "factorflow_hook_delivery_failures_24h": ("test_reconciler_and_delivery_gap_gauges",),
     "factorflow_hook_delay_seconds": ("test_reconciler_and_delivery_gap_gauges",),
     "factorflow_reconciler_lag_seconds": ("test_reconciler_and_delivery_gap_gauges",),
+    "factorflow_events_early_24h": ("test_events_received_before_okta_published_them",),
+    "factorflow_clock_behind_okta_seconds": ("test_events_received_before_okta_published_them",),
     "factorflow_okta_rate_limit_remaining": ("test_okta_rate_limit_after_a_429",),
     "factorflow_okta_rate_limit_limit": ("test_okta_rate_limit_after_a_429",),
     "factorflow_workflows": ("test_workflow_states_per_org",
@@ -412,6 +414,31 @@ def test_reconciler_and_delivery_gap_gauges(okta: SimulatedOkta, tmp_path: Path)
     # The cap counts what the hook delivered, not what the reconciler brought in.
     assert change(before, after, "factorflow_events_last_24h", org="default") == \
         len(hooked) + len(late)
+
+
+def test_events_received_before_okta_published_them(tmp_path: Path) -> None:
+    """Okta publishes an event before it delivers it: one that arrives 90 s before its
+    ``published`` time says this host's clock is behind Okta's by at least that. Counted, with
+    the bound, per org; events within a second of their time are not."""
+    settings = make_settings(tmp_path, workflows={"enabled": False})
+    now = datetime.now(UTC)
+    on_time = okta_event(uuid=str(uuidlib.uuid4()),
+                         published=format_utc(now - timedelta(seconds=3)))
+    nearly = okta_event(uuid=str(uuidlib.uuid4()),  # half a second ahead: clocks a bit apart
+                        published=format_utc(now + timedelta(seconds=0.5)))
+    early = okta_event(uuid=str(uuidlib.uuid4()),
+                       published=format_utc(now + timedelta(seconds=90)))
+    with running(settings) as client:
+        assert client.post(HOOK, content=envelope(on_time, nearly), headers=AUTH
+                           ).status_code == 204
+        before = scrape(client)
+        assert client.post(HOOK, content=envelope(early), headers=AUTH).status_code == 204
+        after = scrape(client)
+    assert value(before, "factorflow_events_early_24h", org="default") == 0
+    assert value(before, "factorflow_clock_behind_okta_seconds", org="default") == 0
+    assert value(after, "factorflow_events_early_24h", org="default") == 1
+    behind = value(after, "factorflow_clock_behind_okta_seconds", org="default")
+    assert behind is not None and 85 < behind < 90  # received within seconds of `now`
 
 
 # -- the workflow worker ----------------------------------------------------------------------

@@ -8,8 +8,9 @@ port, so a test can make the user's groups change or the lookup fail."""
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,25 @@ def test_evaluate_prepares_enriches_and_decides_at_once(
     assert orjson.loads(decision)["matched_rules"] == ["enrolled", "admins"]
     assert rows(store, "SELECT COUNT(*) FROM action_results WHERE event_uuid = ?", uuid) == [
         (0,)]  # deciding does nothing yet
+
+
+def test_evaluate_of_an_event_received_before_okta_published_it_warns_of_the_clock(
+    store: SqlEventStore, peer: WebhookPeer, http: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline = make_pipeline(store, peer, ScriptedEnricher(ADMIN), http)
+    on_time = stored(store, enrollment_event())
+    early_event = enrollment_event()
+    early_event["published"] = format_utc(datetime.now(UTC) + timedelta(minutes=2))
+    early = stored(store, early_event)
+    caplog.set_level(logging.WARNING, logger="factorflow.pipeline.clock")
+    pipeline.evaluate(on_time, "run-1")
+    assert [r.message for r in caplog.records if r.message.startswith("clock.")] == []
+    result = pipeline.evaluate(early, "run-2")
+    assert result["decided"] is True  # the event is handled as any other
+    (warning,) = [r for r in caplog.records if r.message == "clock.behind_okta"]
+    fields = warning.fields  # type: ignore[attr-defined]
+    assert fields["event_uuid"] == early and -121 < fields["delay_seconds"] < -119
 
 
 def test_evaluate_run_again_keeps_the_enrichment_the_decision_was_recorded_with(

@@ -3,8 +3,10 @@ the wall clock, as an operator runs it."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,7 @@ from click.testing import CliRunner
 from factorflow.cli_reconcile import reconcile
 from factorflow.store.factory import open_store
 from tests.okta.support import MFA_TYPES, TOKEN, SimulatedOkta, simulated_okta
+from tests.ui.seed import enrollment, record
 
 
 @pytest.fixture
@@ -132,3 +135,34 @@ def test_without_okta_settings_there_is_nothing_to_read(tmp_path: Path) -> None:
     report = CliRunner().invoke(reconcile, ["--config", str(config), "--report"])
     assert report.exit_code == 0
     assert report.output.splitlines()[1].startswith("  events: 0  by hook: 0 (-)")
+
+
+def test_the_report_says_when_the_clock_is_behind_oktas(tmp_path: Path) -> None:
+    """Events stored before Okta published them (the host's clock behind Okta's): the report
+    says by how much at least; a clock within a second of Okta's says nothing."""
+    config = write_config(tmp_path, None)
+    store = open_store(f"sqlite:///{tmp_path / 'data' / 'factorflow.db'}")
+    received = datetime.now(UTC) - timedelta(minutes=30)
+    try:
+        record(store, [enrollment(1, published=received + timedelta(seconds=0.4))], received)
+        quiet = CliRunner().invoke(reconcile, ["--config", str(config), "--report"])
+        assert quiet.exit_code == 0 and "clock" not in quiet.output
+        record(store, [enrollment(2, published=received + timedelta(seconds=40)),
+                       enrollment(3, published=received + timedelta(seconds=2))], received)
+    finally:
+        store.close()
+    report = CliRunner().invoke(reconcile, ["--config", str(config), "--report"])
+    assert report.exit_code == 0, report.output
+    (line,) = [text for text in report.output.splitlines() if "clock" in text]
+    shown = re.fullmatch(
+        r"  clock: behind Okta's by at least (\d+\.\d) s \(2 event\(s\) stored a second or "
+        r"more before Okta published them\); delays and audit times are off by as much: keep "
+        r"the receiving host's clock in step \(NTP\)", line)
+    assert shown is not None, line
+    # the earliest delay, -40 s, is alone in its bucket: exact (else within a bucket, never over)
+    assert shown.group(1) == "40.0"
+    as_json = orjson.loads(CliRunner().invoke(
+        reconcile, ["--config", str(config), "--report", "--json"]).output)
+    # (published is kept to the millisecond, the receipt time to the microsecond)
+    assert (as_json["early_events"], as_json["clock_behind_seconds"]) == (
+        2, pytest.approx(40.0, abs=0.002))

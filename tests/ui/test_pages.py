@@ -329,6 +329,16 @@ def test_delivery_gap_counts_provenance_and_delay_percentiles(
         ((org, cursor, polled, lag, error),) = table_rows(page, "Cursor and lag per org")
         assert (org, cursor, error) == ("default", _when(recovered["published"]), "—")
         assert polled.endswith(" UTC") and re.fullmatch(r"2\.0 h", lag)
+        assert "behind Okta" not in page
+        # An event stored 3 min before Okta published it: the host's clock is behind Okta's.
+        received = datetime.now(UTC)
+        record(store, [enrollment(30, published=received + timedelta(minutes=3))], received)
+        page = client.get("/ui/delivery?days=90").text  # a window not drawn yet: not cached
+        assert ("Org default: 1 event was stored a second or more before Okta published "
+                "them. The clock of the host that received them is behind Okta's by at least "
+                "3.0 min;") in page
+        assert table_rows(page, "Hook delay (published → received by the hook)") == [
+            ["default", "11", "5.0 s", "9.0 s", "10.0 s", "10.0 s"]]
 
 
 # -- campaigns -------------------------------------------------------------------------------

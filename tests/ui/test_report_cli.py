@@ -133,6 +133,30 @@ def test_table_report_reads_like_the_overview(config: Path) -> None:
             in text)
     assert f"  {CAMPAIGN:<24}     3 / 4        75.0%       1\n" in text
     assert "(group 'Nobody' has no members in directory.yaml)" in text
+    assert "clock behind" not in text
+
+
+def test_reports_say_when_the_clock_is_behind_oktas(config: Path) -> None:
+    """An event stored 50 s before Okta published it: the receiving host's clock is behind
+    Okta's by at least that; the table says so under the org's delivery line, JSON and CSV
+    carry the figures."""
+    settings = load_settings(config)
+    store = open_store(settings.store_url())
+    received = datetime.now(UTC)
+    try:
+        record(store, [enrollment(3, published=received + timedelta(seconds=50))], received)
+    finally:
+        store.close()
+    text = run("--config", str(config), "--section", "delivery").output
+    assert ("\n                  clock behind Okta's by at least 50.0s (1 event(s) stored a "
+            "second or more before Okta published them)") in text
+    (delivery,) = orjson.loads(run("--config", str(config), "--format", "json",
+                                   "--section", "delivery").output)["delivery"].values()
+    assert delivery["early_events"] == 1
+    assert delivery["clock_behind_seconds"] == pytest.approx(50.0, abs=0.002)
+    rows = list(csv.reader(io.StringIO(run("--config", str(config), "--format", "csv",
+                                           "--section", "delivery").output)))
+    assert [r[1:] for r in rows if r[2] == "early_events"] == [["default", "early_events", "1"]]
 
 
 def test_an_unknown_org_is_refused(config: Path) -> None:

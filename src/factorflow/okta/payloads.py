@@ -26,6 +26,9 @@ from factorflow.errors import RejectedDelivery
 HOOK_ENVELOPE_TYPE = "com.okta.event_hook"
 MAX_UUID_LENGTH = 200
 MAX_NESTING = 254  # what orjson writes; an event nested deeper is quarantined
+# Okta publishes an event before it delivers it, so an event received at least this long
+# before its ``published`` time says the receiving host's clock is behind Okta's.
+EARLY_SECONDS = 1.0
 
 # Okta's wire format for timestamps: ISO 8601 with a "T" and an explicit zone. SIEM exports
 # reshape it ("2022-06-22 18:18:29.015", "redacted"); those are not Okta deliveries.

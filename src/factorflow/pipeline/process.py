@@ -33,6 +33,7 @@ from factorflow.domain.facts import Fact
 from factorflow.errors import FactorflowError, PermanentActionError, TransientActionError
 from factorflow.okta.payloads import format_utc
 from factorflow.okta.translate import to_fact
+from factorflow.pipeline.clock import ClockWatch
 from factorflow.pipeline.ports import (
     ActionLedger,
     AttemptRecord,
@@ -99,6 +100,7 @@ class Pipeline:
         self.handlers = handlers
         self._facts: OrderedDict[str, Fact] = OrderedDict()
         self._facts_lock = threading.Lock()
+        self.clock_watch = ClockWatch()  # warns when events arrive before Okta published them
 
     def fact_of(self, uuid: str) -> Fact:
         """The fact of a stored event (cached: each of an event's steps needs it, and a stored
@@ -183,8 +185,8 @@ class Pipeline:
                                        {"filtered": reason})
         self._log_prepared(fact, reason)
 
-    @staticmethod
-    def _log_prepared(fact: Fact, reason: str | None) -> None:
+    def _log_prepared(self, fact: Fact, reason: str | None) -> None:
+        self.clock_watch.check(fact)
         log.info("pipeline.filtered" if reason else "pipeline.prepared", extra={"fields": {
             "event_uuid": fact.uuid, "org": fact.org, "kind": fact.kind.value,
             "factor": fact.factor.type, "enrolled_by": fact.enrolled_by.value,

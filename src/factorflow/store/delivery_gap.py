@@ -18,6 +18,11 @@ delivery) are counted apart, not as events.
   The delays are kept as a histogram of buckets about 4.4 % wide: a percentile is the largest
   delay in the bucket its rank falls in (never below the exact value, at most a bucket above;
   see :mod:`factorflow.store.delivery_rollup`). ``max_delay`` is exact.
+* ``early_events``: events stored at least a second before Okta published them, which only a
+  clock behind Okta's produces (Okta publishes an event before it delivers it), and
+  ``clock_behind_seconds``: how far behind that clock is at least (the earliest such delay,
+  within 4.4 %). Hook delays, audit times and the roll-up's 5-minute settle all assume clocks
+  kept in step (NTP); this is how a host that is not shows.
 
 The figures come from hourly and daily roll-ups, brought up to date by each call (see
 :mod:`factorflow.store.delivery_rollup`): a period costs a few hundred small rows, whatever
@@ -55,6 +60,8 @@ class OrgGap:
     delays: int = 0  # events with a known hook delay
     delay_percentiles: dict[int, float | None] = field(default_factory=dict)
     max_delay: float | None = None
+    early_events: int = 0  # stored at least EARLY_SECONDS before Okta published them
+    clock_behind_seconds: float | None = None  # at least; None without early events
     cursor_published: str | None = None
     polled_at: str | None = None
     lag_seconds: float | None = None
@@ -71,7 +78,9 @@ class OrgGap:
             "recovered_never_hooked": self.recovered_never_hooked, "confirmed": self.confirmed,
             "delivery_failures": self.delivery_failures, "delays": self.delays,
             "delay_seconds": {f"p{p}": v for p, v in self.delay_percentiles.items()},
-            "max_delay_seconds": self.max_delay, "cursor_published": self.cursor_published,
+            "max_delay_seconds": self.max_delay, "early_events": self.early_events,
+            "clock_behind_seconds": self.clock_behind_seconds,
+            "cursor_published": self.cursor_published,
             "polled_at": self.polled_at, "lag_seconds": self.lag_seconds,
             "last_error": self.last_error,
         }
@@ -105,6 +114,7 @@ def delivery_gap(
         if entry.delays:
             entry.delay_percentiles = {p: tally.percentile(p) for p in PERCENTILES}
             entry.max_delay = tally.max_delay
+            entry.early_events, entry.clock_behind_seconds = tally.early()
     for state in SystemLogLedger(store).states():
         entry = org(state.org)
         entry.cursor_published, entry.polled_at = state.cursor_published, state.polled_at

@@ -10,11 +10,15 @@ millisecond, as the fact's ``delay_seconds``) when the hook brought it first, or
 ``hook_delay_seconds`` of its confirmation when a hook copy followed a recovered one.
 
 **Delays as a histogram.** Bucket ``b`` holds the delays ``d`` with ``floor(16 * log2(d)) = b``
-(each bucket about 4.4 % wide; everything up to 2**-10 s, about 1 ms, negative delays included,
-shares the lowest bucket), with their number and the largest. A percentile is found by rank
-(nearest rank, as before) among the buckets and answered with the largest delay of its bucket:
-never below the exact nearest-rank value and at most one bucket (4.4 %) above it; exact when the
-bucket holds one distinct value.
+(each bucket about 4.4 % wide; everything within 2**-10 s of zero, about 1 ms, shares the lowest
+bucket), with their number and the largest. Negative delays (an event stored before Okta
+published it: this host's clock is behind Okta's) have buckets of their own below the lowest,
+mirrored (``NEGATIVE_BASE - floor(16 * log2(-d))``), so that a skewed clock shows in the
+percentiles and in :meth:`Tally.early` instead of hiding among the 1-ms delays. A percentile is
+found by rank (nearest rank, as before) among the buckets and answered with the largest delay of
+its bucket: never below the exact nearest-rank value and at most one bucket (4.4 %) above it;
+exact when the bucket holds one distinct value. (Hours rolled up before negative buckets
+existed keep their negative delays in the lowest bucket.)
 
 **What is rolled up.** ``delivery_gap_rollup`` says which hours the rows cover,
 ``[rolled_from, rolled_until)``, and ``changes_seen``: every change stamped before it (an event
@@ -45,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from factorflow.okta.payloads import format_utc, seconds_between
+from factorflow.okta.payloads import EARLY_SECONDS, format_utc, seconds_between
 from factorflow.store.log_copies import BOTH, DELIVERY_FAILURE_TYPE, HOOK, LOG
 
 if TYPE_CHECKING:
@@ -60,6 +64,11 @@ LEASE = timedelta(minutes=2)  # renewed by every write of the roll-up
 BUCKETS_PER_DOUBLING = 16
 SMALLEST = 2.0 ** -10  # delays up to this (about 1 ms) share the lowest bucket
 LOWEST_BUCKET = -10 * BUCKETS_PER_DOUBLING - 1
+# Negative delays of magnitude m > SMALLEST: bucket NEGATIVE_BASE - floor(16 * log2(m)), from
+# LOWEST_BUCKET - 1 (just over 1 ms early) downwards (the earliest lowest).
+NEGATIVE_BASE = 2 * LOWEST_BUCKET
+# Delays of -EARLY_SECONDS (1 s, a bucket boundary: exact) or less: this bucket and those below.
+EARLY_BUCKET = NEGATIVE_BASE - math.floor(math.log2(EARLY_SECONDS) * BUCKETS_PER_DOUBLING)
 ROWS_PER_STATEMENT = 200
 COUNTS = ("events", "by_hook", "recovered", "never_hooked", "confirmed", "failures")
 HOURLY, DAILY = "h", "d"
@@ -92,16 +101,22 @@ class LostLease(Exception):
 
 
 def bucket_of(delay: float) -> int:
+    if delay < -SMALLEST:
+        return NEGATIVE_BASE - math.floor(math.log2(-delay) * BUCKETS_PER_DOUBLING)
     if delay <= SMALLEST:
         return LOWEST_BUCKET
     return math.floor(math.log2(delay) * BUCKETS_PER_DOUBLING)
 
 
 def bucket_bounds(bucket: int) -> tuple[float, float]:
-    """(exclusive lower, inclusive upper) bound of a bucket's delays, roughly: float rounding
-    at the edges aside."""
-    if bucket <= LOWEST_BUCKET:
-        return -math.inf, SMALLEST
+    """(lower, upper) bound of a bucket's delays, float rounding at the edges aside: a positive
+    bucket holds [lower, upper), a negative one (lower, upper], the lowest [lower, upper]."""
+    if bucket < LOWEST_BUCKET:
+        exponent = NEGATIVE_BASE - bucket  # floor(16 * log2(-delay))
+        return (-(2.0 ** ((exponent + 1) / BUCKETS_PER_DOUBLING)),
+                -(2.0 ** (exponent / BUCKETS_PER_DOUBLING)))
+    if bucket == LOWEST_BUCKET:
+        return -SMALLEST, SMALLEST
     return 2.0 ** (bucket / BUCKETS_PER_DOUBLING), 2.0 ** ((bucket + 1) / BUCKETS_PER_DOUBLING)
 
 
@@ -147,6 +162,18 @@ class Tally:
     @property
     def max_delay(self) -> float | None:
         return max((largest for _, largest in self.buckets.values()), default=None)
+
+    def early(self) -> tuple[int, float | None]:
+        """Events stored at least :data:`EARLY_SECONDS` before Okta published them (a negative
+        delay: this host's clock is behind Okta's), and how far behind that makes the clock at
+        least: the largest delay of the earliest bucket, as a positive number of seconds
+        (within one bucket, 4.4 %, of the earliest delay). (0, None) when there are none."""
+        early = [(bucket, count, largest) for bucket, (count, largest) in self.buckets.items()
+                 if bucket <= EARLY_BUCKET]
+        if not early:
+            return 0, None
+        earliest = min(early)
+        return sum(count for _, count, _ in early), -earliest[2]
 
     def percentile(self, p: int) -> float | None:
         """Nearest rank: the delay of rank ceil(n * p / 100) (at least 1), answered with the

@@ -105,6 +105,14 @@ class StoreCollector(Collector):
             "factorflow_hook_delay_seconds",
             "Hook delay (received - published) of the last 24 h's events, by quantile",
             labels=["org", "quantile"])
+        early = GaugeMetricFamily(
+            "factorflow_events_early_24h",
+            "Events of the last 24 h stored a second or more before Okta published them: the "
+            "receiving host's clock is behind Okta's", labels=["org"])
+        behind = GaugeMetricFamily(
+            "factorflow_clock_behind_okta_seconds",
+            "How far behind Okta's the receiving clock was at least, from the last 24 h's "
+            "early events (0 without any)", labels=["org"])
         lag = GaugeMetricFamily(
             "factorflow_reconciler_lag_seconds",
             "Now minus the published time of the newest System Log event read", labels=["org"])
@@ -118,9 +126,11 @@ class StoreCollector(Collector):
             for p, value in gap.delay_percentiles.items():
                 if value is not None:
                     delay.add_metric([gap.org, f"0.{p}"], value)
+            early.add_metric([gap.org], gap.early_events)
+            behind.add_metric([gap.org], gap.clock_behind_seconds or 0.0)
             if gap.lag_seconds is not None:
                 lag.add_metric([gap.org], gap.lag_seconds)
-        yield from (share, recovered, confirmed, failures, delay, lag)
+        yield from (share, recovered, confirmed, failures, delay, early, behind, lag)
 
     def _workers(self) -> GaugeMetricFamily:
         """Workflow workers by state: ``alive`` (a recent heartbeat), ``dead`` (silent, its

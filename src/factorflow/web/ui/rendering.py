@@ -22,6 +22,8 @@ def _number(value: Any) -> str:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "—"
+    if value < 0:  # an event received before Okta published it: a clock behind Okta's
+        return "\N{MINUS SIGN}" + _seconds(-value)
     if value < 1:
         return f"{value * 1000:.0f} ms"
     if value < 120:
