@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -239,6 +240,85 @@ def test_changes_to_rolled_up_hours_are_seen(store: SqlEventStore, history: Hist
     assert state.rolled_until == floor_hour(later - SETTLE)
     check_against_events(store, datetime.now(UTC), until=datetime.now(UTC)
                          + timedelta(seconds=1))
+
+
+def _top_seq(store: SqlEventStore) -> int:
+    return int(store.read("SELECT MAX(seq) FROM events")[0][0])
+
+
+def test_events_stored_into_hours_already_rolled_up_are_found_by_their_seq(
+    store: SqlEventStore, history: History
+) -> None:
+    """A receiver whose clock is more than five minutes behind stamps its events into hours the
+    roll-up has already covered: no time says they are new, their seq does."""
+    now = history.now
+    check_against_events(store, now)  # rolls up; the first mark is the highest seq
+    state = coverage(store)
+    first_mark = _top_seq(store)
+    assert (state.seq_checked, state.seq_mark) == (None, first_mark)
+    assert delivery_rollup.late_hours(store, state) == set()
+    # Stamped three hours ago (a covered hour), stored now; and one in the unsettled hour.
+    stamped = floor_hour(now) - timedelta(hours=3) + timedelta(minutes=17)
+    record(store, [enrollment(60, published=stamped - timedelta(seconds=2))], stamped)
+    record(store, [enrollment(61)], datetime.now(UTC))
+    assert delivery_rollup.late_hours(store, coverage(store)) == {floor_hour(stamped)}
+    # Read before any roll-up runs again: the late hour comes from the events themselves.
+    window = (now - timedelta(days=30), datetime.now(UTC) + timedelta(seconds=1))
+    before = {org: tally.counts() for org, tally in
+              delivery_rollup.tallies(store, *window).items()}
+    assert before == {org: tally.counts() for org, tally in
+                      delivery_rollup.tallies(store, *window, rolled=False).items()}
+    # The next roll-up writes it into the hour's rows; the hour is then settled again.
+    assert refresh(store, now=now + timedelta(hours=1))
+    state = coverage(store)
+    assert delivery_rollup.late_hours(store, state) == set()
+    # The check moved up to the first mark (an hour old by the roller's clock), the mark to
+    # the highest seq.
+    assert (state.seq_checked, state.seq_mark) == (first_mark, _top_seq(store))
+    check_against_events(store, now + timedelta(hours=1),
+                         until=datetime.now(UTC) + timedelta(seconds=1))
+
+
+@pytest.mark.postgres
+def test_an_event_whose_commit_came_after_the_mark_is_still_found(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """PostgreSQL hands out seqs before commit: a transaction that took its seq before the
+    roll-up's mark and commits after it is below the mark. The check stays at the previous
+    mark, so the event is still a candidate."""
+    import psycopg
+
+    store = open_store(pg_url)
+    try:
+        now = datetime.now(UTC)
+        for n in range(6):
+            record(store, [enrollment(n)], now - timedelta(hours=6 - n))
+        assert refresh(store, back_to=now - timedelta(days=1), now=now)
+        first = coverage(store).seq_mark
+        assert coverage(store).covers(floor_hour(now) - timedelta(hours=2))
+        stamped = floor_hour(now) - timedelta(hours=2) + timedelta(minutes=5)
+        held = psycopg.connect(pg_url)
+        try:
+            held.execute(
+                "INSERT INTO events (uuid, event_type, published, published_at, received_at, "
+                "org, provenance, content_hash, raw) VALUES (%s, %s, %s, %s, %s, 'default', "
+                "'hook', '', '{}')",
+                (str(uuidlib.uuid4()), "user.mfa.factor.activate", format_utc(stamped),
+                 format_utc(stamped), format_utc(stamped)))  # not committed yet
+            record(store, [enrollment(7)], datetime.now(UTC))  # a later seq, committed
+            assert refresh(store, now=now + timedelta(hours=1))  # the mark passes the held one
+            state = coverage(store)
+            assert state.seq_checked == first and state.seq_mark == _top_seq(store)
+            held.commit()
+        finally:
+            held.close()
+        assert delivery_rollup.late_hours(store, coverage(store)) == {floor_hour(stamped)}
+        assert refresh(store, now=now + timedelta(hours=2))
+        assert delivery_rollup.late_hours(store, coverage(store)) == set()
+        check_against_events(store, now + timedelta(hours=2),
+                             until=datetime.now(UTC) + timedelta(seconds=1))
+    finally:
+        store.close()
 
 
 # -- one roller at a time --------------------------------------------------------------------

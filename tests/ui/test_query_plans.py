@@ -95,13 +95,16 @@ CASES: list[tuple[str, Callable[[Any], object], bool]] = [
 
 def _rolled_up(store: Any) -> None:
     """The roll-up state of a store that has been rolled up for 40 days, with changes since:
-    the delivery gap then reads day rows, hour rows, the changes and the unsettled rest."""
+    the delivery gap then reads day rows, hour rows, the changes, the events stored since the
+    last seq check (late events) and the unsettled rest."""
     now = datetime.now(UTC)
     with store.write() as cur:
         cur.execute("UPDATE delivery_gap_rollup SET rolled_from = ?, rolled_until = ?, "
-                    "changes_seen = ? WHERE id = 1",
+                    "changes_seen = ?, seq_checked = 0, seq_mark = 0, seq_mark_at = ? "
+                    "WHERE id = 1",
                     (format_utc(floor_hour(now - timedelta(days=40))),
-                     format_utc(floor_hour(now - SETTLE)), format_utc(now - SETTLE)))
+                     format_utc(floor_hour(now - SETTLE)), format_utc(now - SETTLE),
+                     format_utc(now - SETTLE)))
 
 
 def _common_rule(store: SqlEventStore) -> None:

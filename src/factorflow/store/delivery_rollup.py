@@ -31,10 +31,19 @@ first roll-up of a large store never holds the write lock for long. Day rows are
 24 hour rows, kept for days wholly covered. One process rolls up at a time (a lease in the
 state row, renewed by every write and checked by it); others go on reading.
 
+**Late events.** An event can be stored into an hour after it was rolled up: stamped by a
+receiver whose clock is more than :data:`SETTLE` behind, or committed that late. No time
+tells, so the events table's own sequence does: :func:`late_hours` looks at the events stored
+above ``seq_checked`` and recomputes the covered hours among theirs whose event count differs
+from their rows'. Each roll-up that runs at least :data:`SETTLE` after the last takes a mark
+(the highest seq, read before anything else) and moves the check up to the previous mark, so
+a PostgreSQL transaction that took its seq before a mark and commits within :data:`SETTLE` is
+still seen (one in flight at the very first mark is not).
+
 **Reading** (:func:`tallies`) never depends on a roll-up having run: hours outside the
 coverage, the partial hours at a window's edges and covered hours changed since
-``changes_seen`` are computed from the events themselves; the rest comes from day rows where a
-whole unchanged day lies in the window, else from hour rows.
+``changes_seen`` or found late are computed from the events themselves; the rest comes from
+day rows where a whole unchanged day lies in the window, else from hour rows.
 """
 
 from __future__ import annotations
@@ -79,8 +88,18 @@ _EVENTS = (
     "FROM events e LEFT JOIN system_log_confirmations c ON c.event_uuid = e.uuid "
     "WHERE e.received_at >= ? AND e.received_at < ?"
 )
-_STATE = ("SELECT rolled_from, rolled_until, changes_seen, lease_owner, lease_until "
-          "FROM delivery_gap_rollup WHERE id = 1")
+_STATE = ("SELECT rolled_from, rolled_until, changes_seen, lease_owner, lease_until, "
+          "seq_checked, seq_mark, seq_mark_at FROM delivery_gap_rollup WHERE id = 1")
+# The hours of covered events stored after the seq last checked: candidates for events stored
+# into an hour after it was rolled up. The received_at terms are written so that no index on
+# it is used: the seq range (the primary key, the newest events) is the narrow one.
+_LATE_CANDIDATES = (
+    "SELECT DISTINCT substr(received_at, 1, 13) FROM events "
+    "WHERE seq > ? AND (received_at || '') >= ? AND (received_at || '') < ?"
+)
+_HOUR_COUNT = "SELECT COUNT(*) FROM events WHERE received_at >= ? AND received_at < ?"
+_ROLLED_COUNT = ("SELECT COALESCE(SUM(events + failures), 0) FROM delivery_gap_periods "
+                 "WHERE span = ? AND period = ?")
 # Events whose figures changed after they were stored: a hook event the System Log confirmed,
 # a recovered event whose hook copy came later.
 _CONFIRMED_SINCE = (
@@ -296,6 +315,11 @@ class Coverage:
     changes_seen: str | None
     lease_owner: str | None = None
     lease_until: str | None = None
+    # Late events (see late_hours): stored events above seq_checked are looked at again;
+    # seq_mark is the highest seq when the roller last took a mark, at seq_mark_at.
+    seq_checked: int | None = None
+    seq_mark: int | None = None
+    seq_mark_at: str | None = None
 
     @property
     def empty(self) -> bool:
@@ -311,15 +335,17 @@ def coverage(store: SqlEventStore) -> Coverage:
     rows = store.read(_STATE)
     if not rows:
         return Coverage(None, None, None)
-    rolled_from, rolled_until, seen, owner, until = rows[0]
+    rolled_from, rolled_until, seen, owner, until, checked, mark, mark_at = rows[0]
     return Coverage(_parse(rolled_from) if rolled_from else None,
-                    _parse(rolled_until) if rolled_until else None, seen, owner, until)
+                    _parse(rolled_until) if rolled_until else None, seen, owner, until,
+                    int(checked) if checked is not None else None,
+                    int(mark) if mark is not None else None, mark_at)
 
 
 def changed_hours(store: SqlEventStore, state: Coverage,
                   until: datetime | None = None) -> set[datetime]:
     """Covered hours whose events changed at or after ``changes_seen`` (and before ``until``,
-    if given)."""
+    if given), and those that gained events after they were rolled up (:func:`late_hours`)."""
     if state.empty or state.changes_seen is None:
         return set()
     bound = format_utc(until) if until is not None else None
@@ -328,7 +354,32 @@ def changed_hours(store: SqlEventStore, state: Coverage,
         for stamp, received_at in store.read(query, (state.changes_seen,)):
             if received_at and (bound is None or str(stamp) < bound):
                 hours.add(floor_hour(_parse(str(received_at))))
-    return {hour for hour in hours if state.covers(hour)}
+    return {hour for hour in hours if state.covers(hour)} | late_hours(store, state)
+
+
+def late_hours(store: SqlEventStore, state: Coverage) -> set[datetime]:
+    """Covered hours whose stored events no longer match their rolled-up rows: an event stored
+    into the hour after it was rolled up, because the clock that stamped it was more than
+    :data:`SETTLE` behind the roller's or its commit came that late.
+
+    Found without trusting any clock: the hours of the events stored above ``seq_checked``
+    (the events table's own sequence; ``seq_mark`` until a first check is set) are the
+    candidates, and a candidate is late when its count of events differs from the count its
+    rows were made from. A candidate whose events were all rolled up (the usual case: events of
+    the last hour rolled) costs one count."""
+    checked = state.seq_checked if state.seq_checked is not None else state.seq_mark
+    if state.empty or checked is None:
+        return set()
+    assert state.rolled_from is not None and state.rolled_until is not None
+    late = set()
+    for (key,) in store.read(_LATE_CANDIDATES, (checked, format_utc(state.rolled_from),
+                                                format_utc(state.rolled_until))):
+        hour = _parse(f"{key}:00:00Z")
+        stored = store.read(_HOUR_COUNT, (format_utc(hour), format_utc(hour + HOUR)))[0][0]
+        rolled = store.read(_ROLLED_COUNT, (HOURLY, hour_key(hour)))[0][0]
+        if int(stored) != int(rolled):
+            late.add(hour)
+    return late
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -451,7 +502,8 @@ def refresh(store: SqlEventStore, *, back_to: datetime | None = None,
     """Bring the roll-up up to date (and back to ``back_to``, if given); False if there was
     nothing to do or another process is rolling up. Database errors propagate. ``now`` (for
     tests) moves the settled horizon; the lease always runs on the wall clock."""
-    settled = (now or datetime.now(UTC)).astimezone(UTC) - SETTLE
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    settled = moment - SETTLE
     target = floor_hour(settled)
     state = coverage(store)
     first = _first_received(store)
@@ -462,11 +514,14 @@ def refresh(store: SqlEventStore, *, back_to: datetime | None = None,
     if not _take_lease(store, owner):
         return False
     try:
+        # Before anything is read: every event at or below it is in what this roll-up reads.
+        top = _top_seq(store)
         state = coverage(store)
         if state.rolled_until is None or state.rolled_from is None:
             state = Coverage(target, target, format_utc(settled))
             _write(store, owner, state, {}, ())
-        _roll_forward(store, owner, state, target, settled)
+            state = coverage(store)
+        _roll_forward(store, owner, state, target, settled, _next_marks(state, top, moment))
         wanted_from = _wanted_from(back_to, first, target)
         if wanted_from is not None:
             _roll_back(store, owner, wanted_from)
@@ -499,6 +554,23 @@ def _wanted_from(back_to: datetime | None, first: datetime | None,
     return min(max(floor_hour(back_to), floor_hour(first)), target)
 
 
+def _top_seq(store: SqlEventStore) -> int:
+    rows = store.read("SELECT MAX(seq) FROM events")
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
+def _next_marks(state: Coverage, top: int,
+                moment: datetime) -> tuple[int | None, int, str] | None:
+    """(seq_checked, seq_mark, seq_mark_at) after this roll-up, or None to keep them: a new
+    mark once the last is SETTLE old (the first at once), the check moved up to the old mark.
+    Until a transaction that took its seq before a mark has had SETTLE to commit, events
+    above the previous mark stay candidates."""
+    if state.seq_mark_at is not None and _parse(state.seq_mark_at) > moment - SETTLE:
+        return None
+    checked = state.seq_mark if state.seq_mark is not None else state.seq_checked
+    return checked, top, format_utc(moment)
+
+
 def _first_received(store: SqlEventStore) -> datetime | None:
     rows = store.read("SELECT MIN(received_at) FROM events")
     return _parse(str(rows[0][0])) if rows and rows[0][0] else None
@@ -526,9 +598,9 @@ def _release(store: SqlEventStore, owner: str) -> None:
 
 
 def _roll_forward(store: SqlEventStore, owner: str, state: Coverage, target: datetime,
-                  settled: datetime) -> None:
+                  settled: datetime, marks: tuple[int | None, int, str] | None) -> None:
     """Recompute the changed hours and roll up the hours up to ``target``, a day of hours per
-    transaction; ``changes_seen`` moves with the last one."""
+    transaction; ``changes_seen`` and the seq marks move with the last one."""
     assert state.rolled_from is not None and state.rolled_until is not None
     changed = changed_hours(store, state, settled)
     new = list(_hours(state.rolled_until, max(target, state.rolled_until)))
@@ -540,9 +612,11 @@ def _roll_forward(store: SqlEventStore, owner: str, state: Coverage, target: dat
             figures.update(_by_hour(_event_rows(store, start, end)))
         until = chunk[-1] + HOUR if chunk else state.rolled_until
         seen = state.changes_seen
-        if index == len(chunks) - 1:
+        last = index == len(chunks) - 1
+        if last:
             seen = max(format_utc(settled), state.changes_seen or "")
-        _write(store, owner, Coverage(state.rolled_from, until, seen), figures, hours)
+        _write(store, owner, Coverage(state.rolled_from, until, seen), figures, hours,
+               marks if last else None)
 
 
 def _roll_back(store: SqlEventStore, owner: str, wanted_from: datetime) -> None:
@@ -562,10 +636,11 @@ def _roll_back(store: SqlEventStore, owner: str, wanted_from: datetime) -> None:
 
 
 def _write(store: SqlEventStore, owner: str, state: Coverage,
-           figures: dict[datetime, dict[str, Tally]], hours: Iterable[datetime]) -> None:
+           figures: dict[datetime, dict[str, Tally]], hours: Iterable[datetime],
+           marks: tuple[int | None, int, str] | None = None) -> None:
     """Replace the rows of ``hours`` with ``figures``, recompute the day rows of their days
-    (kept for days wholly covered by ``state``) and set the state, in one transaction that
-    holds the lease."""
+    (kept for days wholly covered by ``state``) and set the state (and the seq ``marks``, if
+    given), in one transaction that holds the lease."""
     assert state.rolled_from is not None and state.rolled_until is not None
     hours = sorted(set(hours))
     with store.write() as cur:
@@ -577,6 +652,9 @@ def _write(store: SqlEventStore, owner: str, state: Coverage,
         )
         if cur.rowcount != 1:
             raise LostLease
+        if marks is not None:
+            cur.execute("UPDATE delivery_gap_rollup SET seq_checked = ?, seq_mark = ?, "
+                        "seq_mark_at = ? WHERE id = 1", marks)
         for start, end in _runs(hours):
             _delete(cur, HOURLY, hour_key(start), hour_key(end))
         _insert(cur, HOURLY, {hour_key(h): figures.get(h, {}) for h in hours})
