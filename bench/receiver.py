@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -1058,9 +1058,16 @@ def main(argv: list[str] | None = None) -> int:
                         "`factorflow serve` does (default: the receiver alone)")
     parser.add_argument("--output", type=Path, default=None,
                         help="result JSON (default: bench/results/receiver-<timestamp>.json)")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="adjacent ceiling/receiver pairs per payload (default: 5, quick "
+                        "1): more pairs give a steadier median on a noisy machine")
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     profile = QUICK if args.quick else FULL
+    if args.repeats is not None:
+        profile = replace(profile, repeats=args.repeats)
     wrk = None if args.no_wrk else find_wrk(allow_install=not args.no_install)
     if wrk is None:
         print("NOTE: wrk is not available: closed-loop figures come from the Python generator, "
