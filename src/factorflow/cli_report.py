@@ -158,7 +158,7 @@ def render_table(figures: dict[str, Any]) -> str:
                 *d["delay_seconds"].values(), d["max_delay_seconds"]))
             lines.append(f"  {org:<16}{d['events']:>8}{d['by_hook']:>8}{share:>9}"
                          f"{d['recovered']:>8}{d['confirmed']:>8}  {delays}")
-            if d.get("early_events"):
+            if d["early_events"]:
                 lines.append(f"  {'':<16}clock behind Okta's by at least "
                              f"{_secs(d['clock_behind_seconds'])} ({d['early_events']} event(s) "
                              "stored a second or more before Okta published them)")

@@ -520,7 +520,6 @@ def refresh(store: SqlEventStore, *, back_to: datetime | None = None,
         if state.rolled_until is None or state.rolled_from is None:
             state = Coverage(target, target, format_utc(settled))
             _write(store, owner, state, {}, ())
-            state = coverage(store)
         _roll_forward(store, owner, state, target, settled, _next_marks(state, top, moment))
         wanted_from = _wanted_from(back_to, first, target)
         if wanted_from is not None:
@@ -562,13 +561,12 @@ def _top_seq(store: SqlEventStore) -> int:
 def _next_marks(state: Coverage, top: int,
                 moment: datetime) -> tuple[int | None, int, str] | None:
     """(seq_checked, seq_mark, seq_mark_at) after this roll-up, or None to keep them: a new
-    mark once the last is SETTLE old (the first at once), the check moved up to the old mark.
-    Until a transaction that took its seq before a mark has had SETTLE to commit, events
-    above the previous mark stay candidates."""
+    mark once the last is SETTLE old (the first at once), the check moved up to the old mark
+    (None before the first). Until a transaction that took its seq before a mark has had
+    SETTLE to commit, events above the previous mark stay candidates."""
     if state.seq_mark_at is not None and _parse(state.seq_mark_at) > moment - SETTLE:
         return None
-    checked = state.seq_mark if state.seq_mark is not None else state.seq_checked
-    return checked, top, format_utc(moment)
+    return state.seq_mark, top, format_utc(moment)
 
 
 def _first_received(store: SqlEventStore) -> datetime | None:
